@@ -1,0 +1,76 @@
+"""prepare_data: turn input rows into the feature matrix the model was trained on.
+
+This is an extension point: change it to match how your model's training data was
+prepared (outlier clipping, derived features, ...). The endpoint and the batch
+worker both call it, so a change here applies to both.
+"""
+
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from service.artifacts import Bundle
+from service.errors import InvalidData
+
+EXAMPLE_VALUES = 3
+
+
+def prepare_data(frame: pd.DataFrame, bundle: Bundle) -> np.ndarray:
+    """Select the bundle's columns in model order, fill missing values with the
+    bundle's means and apply its scaler. Extra columns are ignored."""
+    require_columns(frame, bundle.columns)
+    features = np.column_stack([_numeric(frame[column], column) for column in bundle.columns])
+    _reject_infinities(features, bundle.columns)
+    missing = np.isnan(features)
+    if missing.any():
+        means = np.array([bundle.mean[column] for column in bundle.columns], dtype=np.float64)
+        features = np.where(missing, means, features)
+    if bundle.scaler is None:
+        return features
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="X does not have valid feature names")
+        return bundle.scaler.transform(features)
+
+
+def require_columns(frame: pd.DataFrame, columns: tuple[str, ...] | list[str]) -> None:
+    """Raise InvalidData listing every required column the input lacks."""
+    present = set(frame.columns)
+    missing = [column for column in columns if column not in present]
+    if missing:
+        shown = ", ".join(missing[:20]) + (
+            f" and {len(missing) - 20} more" if len(missing) > 20 else ""
+        )
+        raise InvalidData(f"missing columns: {shown}. Every row needs these columns.")
+
+
+def _numeric(column: pd.Series, name: str) -> np.ndarray:
+    """The column as float64; non-numeric values are an error naming the column."""
+    if pd.api.types.is_bool_dtype(column.dtype) or pd.api.types.is_numeric_dtype(column.dtype):
+        try:
+            return column.to_numpy(dtype=np.float64, na_value=np.nan)
+        except (TypeError, ValueError):
+            pass
+    converted = pd.to_numeric(column, errors="coerce")
+    bad = converted.isna() & column.notna() & ~column.map(_is_blank)
+    if bad.any():
+        examples = ", ".join(repr(v) for v in column[bad].head(EXAMPLE_VALUES).tolist())
+        raise InvalidData(
+            f"column {name!r} must be numeric but holds {examples}: send numbers "
+            "(or leave the value empty to use the training mean)"
+        )
+    return converted.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _is_blank(value: object) -> bool:
+    return isinstance(value, str) and not value.strip()
+
+
+def _reject_infinities(features: np.ndarray, columns: tuple[str, ...]) -> None:
+    infinite = np.isinf(features)
+    if infinite.any():
+        names = [columns[i] for i in np.flatnonzero(infinite.any(axis=0))]
+        raise InvalidData(
+            f"columns {', '.join(names)} hold infinite values: send finite numbers "
+            "(or leave the value empty to use the training mean)"
+        )

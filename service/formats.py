@@ -1,0 +1,415 @@
+"""Data in and out: request codecs keyed by media type, and streamed file readers/writers.
+
+Decoders turn bytes into a DataFrame and raise MalformedBody (the bytes are not
+what the type promises) or UnsupportedMediaType; nothing else escapes them.
+The batch worker reads files of any size as bounded row batches with the same
+parsers the endpoint uses.
+"""
+
+import functools
+import gzip
+import io
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+import orjson
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+from werkzeug.datastructures import MIMEAccept
+from werkzeug.http import parse_accept_header
+
+from service.errors import MalformedBody, NotAcceptable, UnsupportedMediaType
+
+PARQUET = "application/vnd.apache.parquet"
+X_PARQUET = "application/x-parquet"
+CSV = "text/csv"
+JSON = "application/json"
+JSONLINES = "application/jsonlines"
+NDJSON = "application/x-ndjson"
+
+ARROW_ERRORS = (pa.ArrowException, OSError, ValueError)
+JSON_SHAPES_HELP = (
+    'send {"dataframe_split": {"columns": [...], "data": [[...]]}}, '
+    '{"dataframe_records": [{...}]}, {"instances": [{...}]}, {"inputs": [{...}]} '
+    "or a list of records [{...}]"
+)
+
+
+# -- decoding ---------------------------------------------------------------------------
+
+
+def _arrow_reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:300]
+
+
+def decode_parquet(body: bytes) -> pd.DataFrame:
+    try:
+        return pq.read_table(pa.BufferReader(body)).to_pandas()
+    except ARROW_ERRORS as exc:
+        raise MalformedBody(
+            f"the data is not a readable parquet file ({_arrow_reason(exc)})"
+        ) from None
+
+
+def decode_csv(body: bytes) -> pd.DataFrame:
+    try:
+        return pacsv.read_csv(pa.BufferReader(body)).to_pandas()
+    except ARROW_ERRORS as exc:
+        raise MalformedBody(_csv_problem(exc)) from None
+
+
+def _csv_problem(exc: BaseException, names: list[str] | None = None) -> str:
+    reason = _arrow_reason(exc)
+    if "utf8" in reason.lower().replace("-", ""):
+        return f"the CSV is not UTF-8 text ({reason}): save it as UTF-8"
+    match = re.search(r"CSV column #(\d+)", reason)
+    if match and names and int(match.group(1)) < len(names):
+        reason = f"column {names[int(match.group(1))]!r}: {reason}"
+    return f"the data is not readable CSV with a header row ({reason})"
+
+
+def decode_json(body: bytes) -> pd.DataFrame:
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedBody(f"the body is not valid JSON ({exc}): {JSON_SHAPES_HELP}") from None
+    return frame_from_json(document)
+
+
+def frame_from_json(document: Any) -> pd.DataFrame:
+    """Accept MLflow's request shapes and a plain list of records."""
+    if isinstance(document, list):
+        return _records(document, "the JSON list")
+    if isinstance(document, dict):
+        if "dataframe_split" in document:
+            return _split(document["dataframe_split"])
+        for key in ("dataframe_records", "instances", "inputs"):
+            if key in document:
+                return _records_or_columns(document[key], key)
+    raise MalformedBody(f"unrecognised JSON shape: {JSON_SHAPES_HELP}")
+
+
+def _split(value: Any) -> pd.DataFrame:
+    if not isinstance(value, dict) or not isinstance(value.get("columns"), list):
+        raise MalformedBody('dataframe_split needs "columns": [names] and "data": [[row], ...]')
+    columns, data = value["columns"], value.get("data")
+    if not isinstance(data, list) or not all(isinstance(row, list) for row in data):
+        raise MalformedBody('dataframe_split "data" must be a list of rows (lists)')
+    if any(len(row) != len(columns) for row in data):
+        raise MalformedBody(
+            f"every dataframe_split row must have {len(columns)} values, one per column"
+        )
+    if not all(isinstance(c, str) for c in columns) or len(set(columns)) != len(columns):
+        raise MalformedBody('dataframe_split "columns" must be distinct strings')
+    return pd.DataFrame(data, columns=columns)
+
+
+def _records_or_columns(value: Any, key: str) -> pd.DataFrame:
+    if isinstance(value, dict):
+        columns = list(value.values())
+        if not all(isinstance(c, list) for c in columns) or len({len(c) for c in columns}) > 1:
+            raise MalformedBody(
+                f"{key} as an object must map each column to a list of equal length"
+            )
+        return pd.DataFrame(value)
+    return _records(value, key)
+
+
+def _records(value: Any, where: str) -> pd.DataFrame:
+    if not isinstance(value, list) or not all(isinstance(row, dict) for row in value):
+        raise MalformedBody(
+            f"{where} must hold records (objects mapping column names to values): {JSON_SHAPES_HELP}"
+        )
+    return pd.DataFrame.from_records(value) if value else pd.DataFrame()
+
+
+def decode_jsonlines(body: bytes) -> pd.DataFrame:
+    rows = []
+    for number, line in enumerate(body.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise MalformedBody(f"line {number} is not valid JSON ({exc})") from None
+        if not isinstance(row, dict):
+            raise MalformedBody(f"line {number} must be a JSON object mapping columns to values")
+        rows.append(row)
+    return pd.DataFrame.from_records(rows) if rows else pd.DataFrame()
+
+
+# -- encoding ---------------------------------------------------------------------------
+
+
+def _columns_as_lists(frame: pd.DataFrame) -> tuple[list[str], list[list[Any]]]:
+    names = [str(c) for c in frame.columns]
+    return names, [frame[c].tolist() for c in frame.columns]
+
+
+def _record_list(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    names, columns = _columns_as_lists(frame)
+    return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
+
+
+def encode_json(frame: pd.DataFrame) -> bytes:
+    return orjson.dumps({"predictions": _record_list(frame)}, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def encode_jsonlines(frame: pd.DataFrame) -> bytes:
+    dumps = orjson.dumps
+    option = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
+    return b"".join(dumps(row, option=option) for row in _record_list(frame))
+
+
+def _table(frame: pd.DataFrame) -> pa.Table:
+    return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+def encode_csv(frame: pd.DataFrame) -> bytes:
+    sink = io.BytesIO()
+    pacsv.write_csv(_table(frame), sink)
+    return sink.getvalue()
+
+
+def encode_parquet(frame: pd.DataFrame) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(_table(frame), sink)
+    return sink.getvalue()
+
+
+@dataclass(frozen=True)
+class Codec:
+    decode: Callable[[bytes], pd.DataFrame]
+    encode: Callable[[pd.DataFrame], bytes]
+
+
+_PARQUET_CODEC = Codec(decode_parquet, encode_parquet)
+_JSONLINES_CODEC = Codec(decode_jsonlines, encode_jsonlines)
+
+# Order matters: the first entry answers `Accept: */*`.
+CODECS: dict[str, Codec] = {
+    JSON: Codec(decode_json, encode_json),
+    PARQUET: _PARQUET_CODEC,
+    X_PARQUET: _PARQUET_CODEC,
+    CSV: Codec(decode_csv, encode_csv),
+    JSONLINES: _JSONLINES_CODEC,
+    NDJSON: _JSONLINES_CODEC,
+}
+MEDIA_TYPES = tuple(CODECS)
+
+
+def media_type(content_type: str | None) -> str:
+    """`text/csv; charset=utf-8` -> `text/csv`."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def decode(body: bytes, content_type: str | None) -> pd.DataFrame:
+    """Decode a request body by its Content-Type."""
+    kind = media_type(content_type)
+    codec = CODECS.get(kind)
+    if codec is None:
+        given = (
+            f"Content-Type {content_type!r} is not supported" if kind else "no Content-Type given"
+        )
+        raise UnsupportedMediaType(f"{given}: use one of {', '.join(MEDIA_TYPES)}")
+    if not body:
+        raise MalformedBody(f"the request body is empty: send rows as {kind}")
+    return codec.decode(body)
+
+
+@functools.lru_cache(maxsize=256)
+def negotiate(accept: str | None) -> str:
+    """The media type to answer with for this Accept header (JSON when it allows anything)."""
+    if not accept or not accept.strip():
+        return JSON
+    best = parse_accept_header(accept, MIMEAccept).best_match(MEDIA_TYPES)
+    if best is None:
+        raise NotAcceptable(
+            f"cannot answer with {accept!r}: accept one of {', '.join(MEDIA_TYPES)}"
+        )
+    return best
+
+
+def encode(frame: pd.DataFrame, media: str) -> bytes:
+    return CODECS[media].encode(frame)
+
+
+# -- files ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileFormat:
+    """A file's data format, read from its key: parquet, csv or jsonl, maybe gzipped."""
+
+    name: str
+    gzip: bool = False
+
+
+FILE_SUFFIXES = {
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+}
+OUTPUT_SUFFIXES = {"parquet": ".parquet", "csv": ".csv", "jsonl": ".jsonl"}
+
+
+def file_format(key: str) -> FileFormat | None:
+    """The format of the object `key`, or None when its extension is not one we read."""
+    lower = key.lower()
+    gzipped = lower.endswith(".gz")
+    base = lower.removesuffix(".gz")
+    for suffix, name in FILE_SUFFIXES.items():
+        if base.endswith(suffix):
+            return None if gzipped and name == "parquet" else FileFormat(name, gzipped)
+    return None
+
+
+def replace_extension(key: str, output_format: str) -> str:
+    """`a/b.c.csv.gz` -> `a/b.c.parquet`: drop the input's format (and .gz) extensions."""
+    base = key[:-3] if key.lower().endswith(".gz") else key
+    for suffix in FILE_SUFFIXES:
+        if base.lower().endswith(suffix):
+            base = base[: -len(suffix)]
+            break
+    return base + OUTPUT_SUFFIXES[output_format]
+
+
+def iter_batches(
+    path: str, fmt: FileFormat, batch_rows: int, numeric_columns: tuple[str, ...] = ()
+) -> Iterator[pd.DataFrame]:
+    """Yield the file's rows as DataFrames of bounded size.
+
+    `numeric_columns` (the model's features) are read as float64 so that a type
+    guessed from the first block cannot clash with a later one.
+    """
+    readers = {"parquet": _parquet_batches, "csv": _csv_batches, "jsonl": _jsonl_batches}
+    yield from readers[fmt.name](path, fmt, batch_rows, numeric_columns)
+
+
+def _parquet_batches(
+    path: str, fmt: FileFormat, batch_rows: int, numeric_columns: tuple[str, ...]
+) -> Iterator[pd.DataFrame]:
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=batch_rows)
+        for batch in batches:
+            yield batch.to_pandas()
+    except ARROW_ERRORS as exc:
+        raise MalformedBody(
+            f"the file is not a readable parquet file ({_arrow_reason(exc)})"
+        ) from None
+
+
+def _block_size(batch_rows: int) -> int:
+    return max(1 << 20, min(64 << 20, batch_rows * 256))
+
+
+def _open(path: str, fmt: FileFormat) -> pa.NativeFile:
+    return pa.input_stream(path, compression="gzip" if fmt.gzip else None)
+
+
+def _csv_batches(
+    path: str, fmt: FileFormat, batch_rows: int, numeric_columns: tuple[str, ...]
+) -> Iterator[pd.DataFrame]:
+    names: list[str] = []
+    try:
+        with _open(path, fmt) as stream:
+            reader = pacsv.open_csv(
+                stream,
+                read_options=pacsv.ReadOptions(block_size=_block_size(batch_rows)),
+                convert_options=pacsv.ConvertOptions(
+                    column_types={c: pa.float64() for c in numeric_columns}
+                ),
+            )
+            names = reader.schema.names
+            for batch in reader:
+                yield batch.to_pandas()
+    except ARROW_ERRORS as exc:
+        raise MalformedBody(_csv_problem(exc, names)) from None
+
+
+def _jsonl_batches(
+    path: str, fmt: FileFormat, batch_rows: int, numeric_columns: tuple[str, ...]
+) -> Iterator[pd.DataFrame]:
+    first_keys = _first_json_keys(path, fmt)
+    schema = pa.schema([(c, pa.float64()) for c in numeric_columns if c in first_keys])
+    try:
+        with _open(path, fmt) as stream:
+            reader = pajson.open_json(
+                stream,
+                read_options=pajson.ReadOptions(block_size=_block_size(batch_rows)),
+                parse_options=pajson.ParseOptions(
+                    explicit_schema=schema, unexpected_field_behavior="infer"
+                ),
+            )
+            for batch in reader:
+                yield batch.to_pandas()
+    except ARROW_ERRORS as exc:
+        raise MalformedBody(
+            f"the file is not readable JSON Lines, one object per line ({_arrow_reason(exc)})"
+        ) from None
+
+
+def _first_json_keys(path: str, fmt: FileFormat) -> set[str]:
+    opener: Callable[..., IO[bytes]] = gzip.open if fmt.gzip else open  # type: ignore[assignment]
+    try:
+        with opener(path, "rb") as handle:
+            for line in handle:
+                if line.strip():
+                    row = orjson.loads(line)
+                    return set(row) if isinstance(row, dict) else set()
+    except (OSError, EOFError, orjson.JSONDecodeError) as exc:
+        raise MalformedBody(f"the first line is not a JSON object ({exc})") from None
+    return set()
+
+
+class BatchWriter:
+    """Writes frames to a local file as parquet, csv or jsonl, one batch at a time."""
+
+    def __init__(self, path: str, output_format: str) -> None:
+        if output_format not in OUTPUT_SUFFIXES:
+            raise ValueError(f"unknown output format {output_format!r}")
+        self.path = path
+        self.output_format = output_format
+        self.rows = 0
+        self._writer: Any = None
+        self._schema: pa.Schema | None = None
+
+    def __enter__(self) -> "BatchWriter":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def write(self, frame: pd.DataFrame) -> None:
+        self.rows += len(frame)
+        if self.output_format == "jsonl":
+            self._file().write(encode_jsonlines(frame))
+            return
+        table = _table(frame)
+        if self._schema is None:
+            self._schema = table.schema
+            factory = pq.ParquetWriter if self.output_format == "parquet" else pacsv.CSVWriter
+            self._writer = factory(self.path, table.schema)
+        elif table.schema != self._schema:
+            table = table.cast(self._schema)
+        self._writer.write_table(table)
+
+    def _file(self) -> IO[bytes]:
+        if self._writer is None:
+            self._writer = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+        return self._writer
+
+    def close(self) -> None:
+        if self._writer is None and self.output_format == "jsonl":
+            self._file()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

@@ -1,0 +1,134 @@
+"""Every setting of the service, read from environment variables in one place.
+
+`load_settings` validates them once at start-up; a missing or invalid value stops
+the process with a message that names the variable and what it accepts.
+"""
+
+import os
+from collections.abc import Mapping
+from typing import Literal, TypeVar
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.errors import SettingsError
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+OutputFormat = Literal["parquet", "csv", "jsonl"]
+
+
+class CommonSettings(BaseSettings):
+    """Settings shared by the endpoint and the batch worker."""
+
+    model_config = SettingsConfigDict(
+        case_sensitive=False, extra="ignore", frozen=True, protected_namespaces=()
+    )
+
+    model_uri: str = Field(
+        min_length=1,
+        description="Model bundle: s3://bucket/models/<name>/<version>/ or a local folder "
+        "holding manifest.json.",
+    )
+    model_poll_seconds: float = Field(
+        10.0, gt=0, description="How often to look for a new manifest at MODEL_URI (seconds > 0)."
+    )
+    log_level: LogLevel = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
+
+
+class ServeSettings(CommonSettings):
+    """Settings of the real-time endpoint (`python -m service serve`)."""
+
+    host: str = Field(
+        "127.0.0.1", min_length=1, description="Address to listen on (the image sets 0.0.0.0)."
+    )
+    port: int = Field(8080, ge=1, le=65535, description="TCP port (SageMaker expects 8080).")
+    workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        le=64,
+        description="Server processes sharing the port (1-64; default: CPU count).",
+    )
+    threads: int = Field(4, ge=1, le=256, description="Request threads per process (1-256).")
+    max_request_mb: float = Field(
+        6.0, gt=0, le=1024, description="Largest request body in MB (413 above it)."
+    )
+    api_key: str | None = Field(
+        None,
+        description="When set, /invocations requires it in X-Api-Key or "
+        "'Authorization: Bearer <key>'.",
+    )
+
+
+class WorkerSettings(CommonSettings):
+    """Settings of one batch worker (`python -m service worker`)."""
+
+    job_queue_url: str = Field(min_length=1, description="URL of the SQS job queue.")
+    output_bucket: str = Field(min_length=1, description="Bucket the predictions are written to.")
+    output_prefix: str = Field(
+        "predictions", description="Key prefix of outputs and reports in OUTPUT_BUCKET."
+    )
+    output_format: OutputFormat = Field("parquet", description="parquet, csv or jsonl.")
+    join_input: bool = Field(
+        False, description="true: carry the input columns next to the predictions."
+    )
+    idle_seconds: float = Field(
+        60.0, ge=0, description="Exit after this many seconds without a message (>= 0)."
+    )
+    batch_rows: int = Field(
+        65536, ge=1, le=10_000_000, description="Rows per prediction batch (1-10,000,000)."
+    )
+    visibility_seconds: int = Field(
+        120,
+        ge=10,
+        le=43200,
+        description="The heartbeat keeps a message invisible this long (10-43200 s).",
+    )
+    wait_seconds: int = Field(20, ge=0, le=20, description="SQS long-poll wait (0-20 s).")
+
+
+SettingsT = TypeVar("SettingsT", bound=CommonSettings)
+
+
+def load_settings(cls: type[SettingsT], environ: Mapping[str, str] | None = None) -> SettingsT:
+    """Build `cls` from the environment, or raise SettingsError saying what to fix."""
+    env = os.environ if environ is None else environ
+    values = {name: env[name.upper()] for name in cls.model_fields if name.upper() in env}
+    try:
+        return cls(_env_file=None, **values)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        raise SettingsError(_explain(cls, exc)) from None
+
+
+def _explain(cls: type[CommonSettings], exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else "?"
+        field = cls.model_fields.get(name)
+        accepts = field.description if field else ""
+        problem = "is required" if error["type"] == "missing" else f"is invalid ({error['msg']})"
+        lines.append(f"{name.upper()} {problem}. Accepts: {accepts}")
+    return "Invalid settings: " + " ".join(lines)
+
+
+def settings_table() -> str:
+    """The README's settings table, generated from the classes so the two never drift."""
+    rows = ["| variable | used by | default | accepts |", "|---|---|---|---|"]
+    seen: set[str] = set()
+    for cls, user in (
+        (CommonSettings, "both"),
+        (ServeSettings, "serve"),
+        (WorkerSettings, "worker"),
+    ):
+        for name, field in cls.model_fields.items():
+            if name in seen:
+                continue
+            seen.add(name)
+            default = "required" if field.is_required() else _default_text(name, field.default)
+            rows.append(f"| `{name.upper()}` | {user} | {default} | {field.description} |")
+    return "\n".join(rows)
+
+
+def _default_text(name: str, default: object) -> str:
+    if name == "workers":
+        return "CPU count"
+    return "unset" if default is None else f"`{default}`"
