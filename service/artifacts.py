@@ -178,12 +178,13 @@ def _load_file(source: BundleSource, role: str, entry: Mapping[str, str]) -> Any
             f"{entry['sha256']}: upload the file again or fix the manifest (it was not loaded)"
         )
     fmt = entry.get("format") or _format_from_path(entry["path"])
-    try:
-        return DESERIALISERS[fmt](data)
-    except KeyError:
+    deserialise = DESERIALISERS.get(fmt)
+    if deserialise is None:
         raise ManifestError(
             f"files.{role} has format {fmt!r}; use one of {', '.join(DESERIALISERS)}"
-        ) from None
+        )
+    try:
+        return deserialise(data)
     except Exception as exc:
         raise ModelError(f"cannot deserialise {entry['path']} ({fmt}): {exc}") from None
 

@@ -6,6 +6,7 @@ The batch worker reads files of any size as bounded row batches with the same
 parsers the endpoint uses.
 """
 
+import csv
 import functools
 import gzip
 import io
@@ -59,9 +60,18 @@ def decode_parquet(body: bytes) -> pd.DataFrame:
 
 def decode_csv(body: bytes) -> pd.DataFrame:
     try:
-        return pacsv.read_csv(pa.BufferReader(body)).to_pandas()
+        table = pacsv.read_csv(pa.BufferReader(body))
     except ARROW_ERRORS as exc:
         raise MalformedBody(_csv_problem(exc)) from None
+    return _utf8_checked(table).to_pandas()
+
+
+def _utf8_checked(data: pa.Table | pa.RecordBatch) -> pa.Table | pa.RecordBatch:
+    """Arrow reads CSV text that is not UTF-8 as bytes; we refuse it instead."""
+    for field in data.schema:
+        if pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type):
+            raise MalformedBody(f"column {field.name!r} is not UTF-8 text: save the CSV as UTF-8")
+    return data
 
 
 def _csv_problem(exc: BaseException, names: list[str] | None = None) -> str:
@@ -318,7 +328,7 @@ def _open(path: str, fmt: FileFormat) -> pa.NativeFile:
 def _csv_batches(
     path: str, fmt: FileFormat, batch_rows: int, numeric_columns: tuple[str, ...]
 ) -> Iterator[pd.DataFrame]:
-    names: list[str] = []
+    names = _csv_header(path, fmt)
     try:
         with _open(path, fmt) as stream:
             reader = pacsv.open_csv(
@@ -328,11 +338,20 @@ def _csv_batches(
                     column_types={c: pa.float64() for c in numeric_columns}
                 ),
             )
-            names = reader.schema.names
             for batch in reader:
-                yield batch.to_pandas()
+                yield _utf8_checked(batch).to_pandas()
     except ARROW_ERRORS as exc:
         raise MalformedBody(_csv_problem(exc, names)) from None
+
+
+def _csv_header(path: str, fmt: FileFormat) -> list[str]:
+    """The header's names, so Arrow's "column #22" errors can name the column."""
+    try:
+        with _open(path, fmt) as stream:
+            first = stream.read(1 << 16).split(b"\n", 1)[0]
+        return next(csv.reader([first.decode("utf-8", errors="replace")]), [])
+    except (OSError, EOFError, csv.Error):
+        return []
 
 
 def _jsonl_batches(

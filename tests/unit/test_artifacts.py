@@ -1,0 +1,153 @@
+import hashlib
+import json
+import pickle
+import shutil
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from service.artifacts import ModelStore, load_bundle, write_bundle
+from service.errors import HashMismatch, ManifestError, ModelError
+
+
+def _copy(bundle_dir, tmp_path):
+    target = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, target)
+    return target
+
+
+def _manifest(folder):
+    return json.loads((folder / "manifest.json").read_text())
+
+
+def test_loads_the_example_bundle(bundle):
+    assert (bundle.name, bundle.version) == ("example", "1")
+    assert len(bundle.columns) == 30
+    assert set(bundle.mean) == set(bundle.columns)
+    assert bundle.scaler is not None
+    assert hasattr(bundle.model, "predict_proba")
+
+
+def test_missing_manifest_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelError, match=r"manifest\.json does not exist"):
+        load_bundle(str(tmp_path))
+
+
+def test_missing_file_is_named(bundle_dir, tmp_path):
+    folder = _copy(bundle_dir, tmp_path)
+    (folder / "scaler.joblib").unlink()
+    with pytest.raises(ModelError, match=r"scaler\.joblib does not exist"):
+        load_bundle(str(folder))
+
+
+def test_manifest_without_model_entry(bundle_dir, tmp_path):
+    folder = _copy(bundle_dir, tmp_path)
+    manifest = _manifest(folder)
+    del manifest["files"]["model"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match="lists no model file"):
+        load_bundle(str(folder))
+
+
+def test_manifest_that_is_not_json(tmp_path):
+    (tmp_path / "manifest.json").write_text("{nope")
+    with pytest.raises(ManifestError, match="not valid JSON"):
+        load_bundle(str(tmp_path))
+
+
+def test_hash_mismatch_never_reaches_pickle(bundle_dir, tmp_path):
+    folder = _copy(bundle_dir, tmp_path)
+    marker = tmp_path / "pwned"
+    payload = (
+        b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR."
+    )  # a pickle that runs `touch marker` when loaded
+    (folder / "model.joblib").write_bytes(payload)
+    manifest = _manifest(folder)
+    manifest["files"]["model"]["format"] = "pickle"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(HashMismatch, match="sha256"):
+        load_bundle(str(folder))
+    assert not marker.exists()
+
+
+def test_matching_hash_does_load_pickle_format(bundle, tmp_path):
+    files = {
+        "model": ("model.pkl", pickle.dumps(bundle.model), "pickle"),
+        "mean": ("mean.json", json.dumps(dict(bundle.mean)).encode(), None),
+        "columns": ("columns.json", json.dumps(list(bundle.columns)).encode(), None),
+    }
+    write_bundle(str(tmp_path), files, "plain", "7")
+    loaded = load_bundle(str(tmp_path))
+    assert loaded.scaler is None
+    assert loaded.version == "7"
+    entry = _manifest(tmp_path)["files"]["model"]
+    assert entry["sha256"] == hashlib.sha256((tmp_path / "model.pkl").read_bytes()).hexdigest()
+
+
+def test_skops_format_loads_with_the_safe_loader(bundle, tmp_path):
+    import skops.io
+
+    files = {
+        "model": ("model.skops", skops.io.dumps(bundle.model), "skops"),
+        "scaler": ("scaler.skops", skops.io.dumps(bundle.scaler), "skops"),
+        "mean": ("mean.json", json.dumps(dict(bundle.mean)).encode(), None),
+        "columns": ("columns.json", json.dumps(list(bundle.columns)).encode(), None),
+    }
+    write_bundle(str(tmp_path), files, "skopsed", "1")
+    loaded = load_bundle(str(tmp_path))
+    assert type(loaded.model) is type(bundle.model)
+
+
+def test_unreadable_file_is_reported(bundle_dir, tmp_path):
+    folder = _copy(bundle_dir, tmp_path)
+    garbage = b"not a joblib file"
+    (folder / "model.joblib").write_bytes(garbage)
+    manifest = _manifest(folder)
+    manifest["files"]["model"]["sha256"] = hashlib.sha256(garbage).hexdigest()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match=r"cannot deserialise model\.joblib"):
+        load_bundle(str(folder))
+
+
+@mock_aws
+def test_loads_from_s3_and_reports_missing_prefix(bundle_dir, train_example):
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="models")
+    train_example.main(["--out", "s3://models/models/example/3/", "--version", "3"])
+    loaded = load_bundle("s3://models/models/example/3/")
+    assert loaded.version == "3"
+    assert loaded.etag.startswith('"')
+    with pytest.raises(ModelError, match="cannot read s3://models/models/none/"):
+        load_bundle("s3://models/models/none/")
+
+
+def test_store_swaps_only_on_a_good_new_manifest(bundle_dir, tmp_path, train_example):
+    folder = _copy(bundle_dir, tmp_path)
+    store = ModelStore(str(folder), poll_seconds=60)
+    store.check_now()
+    first = store.current
+    assert first.version == "1"
+    assert store.check_now() is False  # unchanged manifest: nothing reloaded
+
+    manifest = _manifest(folder)
+    manifest["version"] = "2"
+    manifest["files"]["scaler"]["sha256"] = "0" * 64
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert store.check_now() is False
+    assert store.current is first
+    assert "sha256" in store.last_error
+    assert store.reload_failures == 1
+
+    train_example.main(["--out", str(folder), "--version", "2"])
+    assert store.check_now() is True
+    assert store.current.version == "2"
+    assert store.last_error is None
+    assert store.reloads == 1
+
+
+def test_store_without_any_bundle_records_why(tmp_path):
+    store = ModelStore(str(tmp_path / "absent"), poll_seconds=60)
+    store.check_now()
+    assert store.current is None
+    assert "does not exist" in store.last_error

@@ -1,0 +1,221 @@
+import gzip
+import io
+
+import numpy as np
+import orjson
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from service import formats
+from service.errors import InvalidData, MalformedBody, NotAcceptable, UnsupportedMediaType
+from service.model import predict
+
+
+def test_every_media_type_round_trips_predictions(bundle, sample_frame):
+    expected = predict(bundle, sample_frame)
+    for media in formats.MEDIA_TYPES:
+        if media == formats.JSON:
+            body = orjson.dumps(sample_frame.to_dict("records"))
+        else:
+            body = formats.encode(sample_frame, media)
+        decoded = formats.decode(body, media)
+        np.testing.assert_allclose(
+            predict(bundle, decoded)["activation"], expected["activation"], atol=1e-12
+        )
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        lambda f: {"dataframe_split": {"columns": list(f.columns), "data": f.values.tolist()}},
+        lambda f: {"dataframe_records": f.to_dict("records")},
+        lambda f: {"instances": f.to_dict("records")},
+        lambda f: {"inputs": f.to_dict("list")},
+        lambda f: f.to_dict("records"),
+    ],
+    ids=["dataframe_split", "dataframe_records", "instances", "inputs", "records"],
+)
+def test_json_shapes(bundle, sample_frame, document):
+    rows = sample_frame.head(5).fillna(0)
+    decoded = formats.decode(orjson.dumps(document(rows)), "application/json; charset=utf-8")
+    assert decoded["id"].tolist() == rows["id"].tolist()
+    np.testing.assert_allclose(
+        predict(bundle, decoded)["activation"], predict(bundle, rows)["activation"], atol=1e-12
+    )
+
+
+@pytest.mark.parametrize("media", formats.MEDIA_TYPES)
+def test_empty_body_is_malformed(media):
+    with pytest.raises(MalformedBody, match="empty"):
+        formats.decode(b"", media)
+
+
+@pytest.mark.parametrize("media", formats.MEDIA_TYPES)
+def test_garbage_is_malformed_not_a_crash(media):
+    with pytest.raises(MalformedBody):
+        formats.decode(b"\x00\xff\xfe\x01 PAR1 garbage {[", media)
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"x": 1},
+        {"instances": [[1, 2]]},
+        {"dataframe_split": {"columns": ["a"], "data": [[1, 2]]}},
+        {"inputs": {"a": [1], "b": [1, 2]}},
+        3,
+        "text",
+        [1, 2],
+    ],
+)
+def test_wrong_json_shapes_explain_the_accepted_ones(document):
+    with pytest.raises(MalformedBody):
+        formats.decode(orjson.dumps(document), formats.JSON)
+
+
+def test_non_utf8_csv_says_so(tmp_path):
+    body = "id,name\n1,caf\xe9\n".encode("latin-1")
+    with pytest.raises(MalformedBody, match="'name' is not UTF-8"):
+        formats.decode(body, formats.CSV)
+    (tmp_path / "latin.csv").write_bytes(body)
+    with pytest.raises(MalformedBody, match="UTF-8"):
+        list(formats.iter_batches(str(tmp_path / "latin.csv"), formats.FileFormat("csv"), 10))
+
+
+def test_unknown_content_type_is_415():
+    with pytest.raises(UnsupportedMediaType) as caught:
+        formats.decode(b"<a/>", "text/xml")
+    assert caught.value.status == 415
+    with pytest.raises(UnsupportedMediaType, match="no Content-Type"):
+        formats.decode(b"{}", None)
+
+
+def test_jsonlines_names_the_broken_line():
+    with pytest.raises(MalformedBody, match="line 2"):
+        formats.decode(b'{"id": 1}\n{"id": \n', formats.JSONLINES)
+
+
+@pytest.mark.parametrize(
+    ("accept", "expected"),
+    [
+        (None, formats.JSON),
+        ("*/*", formats.JSON),
+        ("text/csv", formats.CSV),
+        ("text/csv;q=0.2, application/x-parquet", formats.X_PARQUET),
+        ("application/*", formats.JSON),
+    ],
+)
+def test_accept_negotiation(accept, expected):
+    assert formats.negotiate(accept) == expected
+
+
+def test_unproducible_accept_is_406():
+    with pytest.raises(NotAcceptable) as caught:
+        formats.negotiate("image/png")
+    assert caught.value.status == 406
+
+
+@pytest.mark.parametrize(
+    ("key", "name", "gzipped"),
+    [
+        ("a/b.parquet", "parquet", False),
+        ("x.CSV", "csv", False),
+        ("dir/file.name.csv.gz", "csv", True),
+        ("f.jsonl", "jsonl", False),
+        ("f.jsonl.gz", "jsonl", True),
+    ],
+)
+def test_file_format_from_key(key, name, gzipped):
+    assert formats.file_format(key) == formats.FileFormat(name, gzipped)
+
+
+@pytest.mark.parametrize("key", ["a.txt", "a.parquet.gz", "noext", "a.csv.zip"])
+def test_unknown_file_formats(key):
+    assert formats.file_format(key) is None
+
+
+@pytest.mark.parametrize(
+    ("key", "fmt", "expected"),
+    [
+        ("a/b.c.csv.gz", "parquet", "a/b.c.parquet"),
+        ("x y/+=é.jsonl", "csv", "x y/+=é.csv"),
+        ("data.parquet", "jsonl", "data.jsonl"),
+    ],
+)
+def test_replace_extension(key, fmt, expected):
+    assert formats.replace_extension(key, fmt) == expected
+
+
+def _write(frame, path, name, gzipped):
+    if name == "parquet":
+        frame.to_parquet(path, index=False)
+        return
+    text = (
+        frame.to_csv(index=False) if name == "csv" else frame.to_json(orient="records", lines=True)
+    )
+    data = text.encode()
+    path.write_bytes(gzip.compress(data) if gzipped else data)
+
+
+@pytest.mark.parametrize(
+    ("name", "gzipped"),
+    [("parquet", False), ("csv", False), ("csv", True), ("jsonl", False), ("jsonl", True)],
+)
+def test_files_stream_in_bounded_batches(bundle, sample_frame, tmp_path, name, gzipped):
+    big = pd.concat([sample_frame] * 50, ignore_index=True).assign(id=lambda f: range(len(f)))
+    path = tmp_path / "input"
+    _write(big, path, name, gzipped)
+    fmt = formats.FileFormat(name, gzipped)
+    batches = list(formats.iter_batches(str(path), fmt, 1000, bundle.columns))
+    assert sum(len(b) for b in batches) == len(big)
+    assert len(batches) > 1
+    if name == "parquet":
+        assert max(len(b) for b in batches) <= 1000
+    got = pd.concat([predict(bundle, b) for b in batches], ignore_index=True)
+    np.testing.assert_allclose(got["activation"], predict(bundle, big)["activation"], atol=1e-12)
+
+
+def test_csv_with_text_in_a_numeric_column_names_it(bundle, sample_frame, tmp_path):
+    rows = sample_frame.head(20).astype({"mean_area": object})
+    rows.loc[15, "mean_area"] = "oops"
+    path = tmp_path / "bad.csv"
+    rows.to_csv(path, index=False)
+    with pytest.raises((MalformedBody, InvalidData), match="mean_area"):
+        for batch in formats.iter_batches(str(path), formats.FileFormat("csv"), 5, bundle.columns):
+            predict(bundle, batch)
+
+
+@pytest.mark.parametrize("content", [b"", b"PAR1 not really", b"garbage" * 100])
+def test_corrupt_parquet_file_is_malformed(tmp_path, content):
+    path = tmp_path / "bad.parquet"
+    path.write_bytes(content)
+    with pytest.raises(MalformedBody):
+        list(formats.iter_batches(str(path), formats.FileFormat("parquet"), 100))
+
+
+def test_truncated_parquet_file_is_malformed(sample_frame, tmp_path):
+    sink = io.BytesIO()
+    sample_frame.to_parquet(sink, index=False)
+    path = tmp_path / "cut.parquet"
+    path.write_bytes(sink.getvalue()[: len(sink.getvalue()) // 2])
+    with pytest.raises(MalformedBody):
+        list(formats.iter_batches(str(path), formats.FileFormat("parquet"), 100))
+
+
+@pytest.mark.parametrize("output_format", ["parquet", "csv", "jsonl"])
+def test_batch_writer_round_trips(bundle, sample_frame, tmp_path, output_format):
+    out = predict(bundle, sample_frame)
+    path = tmp_path / f"out.{output_format}"
+    with formats.BatchWriter(str(path), output_format) as writer:
+        writer.write(out.iloc[:70])
+        writer.write(out.iloc[70:])
+    assert writer.rows == len(out)
+    if output_format == "parquet":
+        back = pq.read_table(path).to_pandas()
+    elif output_format == "csv":
+        back = pd.read_csv(path)
+    else:
+        back = pd.read_json(path, lines=True)
+    assert back["id"].tolist() == out["id"].tolist()
+    np.testing.assert_allclose(back["activation"], out["activation"], atol=1e-12)
