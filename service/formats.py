@@ -68,9 +68,14 @@ def decode_csv(body: bytes) -> pd.DataFrame:
 
 def _utf8_checked(data: pa.Table | pa.RecordBatch) -> pa.Table | pa.RecordBatch:
     """Arrow reads CSV text that is not UTF-8 as bytes; we refuse it instead."""
-    for field in data.schema:
-        if pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type):
-            raise MalformedBody(f"column {field.name!r} is not UTF-8 text: save the CSV as UTF-8")
+    try:
+        for field in data.schema:
+            if pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type):
+                raise MalformedBody(
+                    f"column {field.name!r} is not UTF-8 text: save the CSV as UTF-8"
+                )
+    except UnicodeDecodeError:
+        raise MalformedBody("the CSV header is not UTF-8 text: save the CSV as UTF-8") from None
     return data
 
 

@@ -79,9 +79,9 @@ class WorkerSettings(CommonSettings):
     )
     visibility_seconds: int = Field(
         120,
-        ge=10,
+        ge=1,
         le=43200,
-        description="The heartbeat keeps a message invisible this long (10-43200 s).",
+        description="The heartbeat keeps a message invisible this long (1-43200 s).",
     )
     wait_seconds: int = Field(20, ge=0, le=20, description="SQS long-poll wait (0-20 s).")
 
