@@ -63,20 +63,21 @@ def decode_csv(body: bytes) -> pd.DataFrame:
         table = pacsv.read_csv(pa.BufferReader(body))
     except ARROW_ERRORS as exc:
         raise MalformedBody(_csv_problem(exc)) from None
-    return _utf8_checked(table).to_pandas()
+    return _csv_frame(table)
 
 
-def _utf8_checked(data: pa.Table | pa.RecordBatch) -> pa.Table | pa.RecordBatch:
-    """Arrow reads CSV text that is not UTF-8 as bytes; we refuse it instead."""
+def _csv_frame(data: pa.Table | pa.RecordBatch) -> pd.DataFrame:
+    """Arrow reads CSV text that is not UTF-8 as bytes (or fails on the header's
+    names); we refuse it with a message instead."""
     try:
         for field in data.schema:
             if pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type):
                 raise MalformedBody(
                     f"column {field.name!r} is not UTF-8 text: save the CSV as UTF-8"
                 )
+        return data.to_pandas()
     except UnicodeDecodeError:
         raise MalformedBody("the CSV header is not UTF-8 text: save the CSV as UTF-8") from None
-    return data
 
 
 def _csv_problem(exc: BaseException, names: list[str] | None = None) -> str:
@@ -344,7 +345,7 @@ def _csv_batches(
                 ),
             )
             for batch in reader:
-                yield _utf8_checked(batch).to_pandas()
+                yield _csv_frame(batch)
     except ARROW_ERRORS as exc:
         raise MalformedBody(_csv_problem(exc, names)) from None
 
