@@ -54,9 +54,10 @@ class ServeSettings(CommonSettings):
     )
     api_key: str | None = Field(
         None,
-        description="When set, /invocations requires it in X-Api-Key or "
-        "'Authorization: Bearer <key>'.",
+        description="When set, /invocations and /metrics require it in X-Api-Key or "
+        "'Authorization: Bearer <key>' (401 otherwise).",
     )
+    access_log: bool = Field(False, description="true: log one line per request.")
 
 
 class WorkerSettings(CommonSettings):

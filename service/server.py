@@ -1,0 +1,433 @@
+"""Serve the app with waitress on every core, and stop gracefully.
+
+The parent binds one listening socket and forks WORKERS processes that each run
+waitress (THREADS request threads) on that inherited socket, so the kernel
+spreads connections over them and no port juggling is needed. Each process has
+its own ModelStore, which polls MODEL_URI for a new bundle.
+
+The parent only supervises: it restarts a process that dies, and on SIGTERM or
+SIGINT forwards SIGTERM to every process. A process then closes its listener,
+finishes the requests in flight (their responses say `Connection: close`),
+closes idle connections and exits 0. The parent kills what is left after
+KILL_AFTER_SECONDS, so the whole stop fits the 30 s that ECS and SageMaker
+allow between SIGTERM and SIGKILL.
+"""
+
+import contextlib
+import logging
+import os
+import select
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from waitress import create_server, wasyncore
+from waitress.channel import HTTPChannel
+from waitress.task import ErrorTask, WSGITask
+
+from service import metrics
+from service.artifacts import ModelStore
+from service.errors import InputError, PayloadTooLarge, ServiceError
+from service.settings import ServeSettings
+from service.web import create_app, error_response
+
+log = logging.getLogger(__name__)
+
+DRAIN_SECONDS = 20.0
+KILL_AFTER_SECONDS = 25.0
+TICK_SECONDS = 0.2
+RESTART_BACKOFF_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+STABLE_SECONDS = 30.0
+CONNECTION_LIMIT = 1000
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def run_server(settings: ServeSettings) -> int:
+    """Serve until SIGTERM or SIGINT; return the process exit code (0 after a clean stop)."""
+    try:
+        listener = bind(settings.host, settings.port)
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s (set HOST/PORT)", settings.host, settings.port, exc)
+        return 1
+    shared = metrics.Metrics(settings.workers)
+    if not hasattr(os, "fork"):
+        log.warning("this platform cannot fork: serving with one process")
+        return serve_process(listener, settings, shared.slot(0), report=_log_ready(settings))
+    return Supervisor(listener, settings, shared).run()
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The one listening socket every server process accepts on."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    listener = socket.socket(family, kind, proto)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    listener.bind(address)
+    listener.listen(1024)
+    listener.set_inheritable(True)
+    return listener
+
+
+# -- one server process --------------------------------------------------------------
+
+
+class _Task(WSGITask):
+    """Tells the client to close the connection once the process is stopping."""
+
+    def build_response_header(self) -> bytes:
+        if self.channel.server.draining:
+            self.set_close_on_finish()
+        return super().build_response_header()
+
+
+class _ErrorTask(ErrorTask):
+    """waitress's own refusals (oversized or unparsable requests) as our JSON errors."""
+
+    def execute(self) -> None:
+        error = self.request.error
+        if error.code == 413:
+            refusal: ServiceError = PayloadTooLarge(
+                "the body is over the MAX_REQUEST_MB limit: split the rows into smaller "
+                "requests, or use the batch transform for files"
+            )
+        elif error.code == 500:
+            refusal = ServiceError("the server failed unexpectedly; the error is in its log")
+        else:
+            refusal = InputError(f"{error.reason}: {error.body}")
+        response = error_response(refusal)
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.extend(h for h in response.headers if h[0] != "Content-Length")
+        self.set_close_on_finish()
+        self.content_length = len(response.body)
+        self.write(response.body)
+        path = getattr(self.request, "path", "")
+        route = metrics.ROUTES.index(path) if path in metrics.ROUTES else metrics.OTHER_ROUTE
+        self.channel.server.recorder.observe(route, error.code, 0.0, 0, refusal.code)
+
+
+class _Channel(HTTPChannel):
+    task_class = _Task
+    error_task_class = _ErrorTask
+
+    def idle(self) -> bool:
+        """No request half-read, running or waiting for its response to be sent."""
+        return not self.requests and self.request is None and not self.total_outbufs_len
+
+
+class ProcessServer:
+    """waitress on the shared listener, driven by our loop so it can stop gracefully."""
+
+    def __init__(self, app: Any, listener: socket.socket, settings: ServeSettings) -> None:
+        body_limit = int(settings.max_request_mb * 1024 * 1024)
+        self.server = create_server(
+            app,
+            sockets=[listener],
+            threads=settings.threads,
+            ident="model-endpoint",
+            connection_limit=CONNECTION_LIMIT,
+            asyncore_use_poll=True,
+            # waitress buffers whole bodies before the app runs: refuse bigger ones
+            # while reading (headroom for chunk framing; the app enforces the exact limit)
+            max_request_body_size=body_limit + max(1 << 16, body_limit // 16),
+        )
+        self.server.channel_class = _Channel
+        self.server.draining = False
+        self.server.recorder = app.metrics
+        self.server.accepting = False
+        self.stopping = False
+
+    def open(self) -> None:
+        """Start accepting connections (until then the kernel hands them to other processes)."""
+        self.server.accepting = True
+
+    def serve(self, tick: Callable[[], None]) -> None:
+        """Answer requests until `stop` is called (from a signal handler or `tick`)."""
+        channels = self.server._map
+        while not self.stopping:
+            wasyncore.poll2(TICK_SECONDS, channels)
+            tick()
+
+    def stop(self, *_: object) -> None:
+        self.stopping = True
+
+    def drain(self, seconds: float = DRAIN_SECONDS) -> bool:
+        """Stop accepting, finish requests in flight, close idle connections. True if all done."""
+        server = self.server
+        server.draining = True
+        wasyncore.dispatcher.close(server)
+        deadline = time.monotonic() + seconds
+        channels = server._map
+        while server.active_channels and time.monotonic() < deadline:
+            for channel in list(server.active_channels.values()):
+                if channel.idle():
+                    channel.handle_close()
+            if server.active_channels:
+                wasyncore.poll2(0.05, channels)
+        finished = not server.active_channels
+        server.task_dispatcher.shutdown(cancel_pending=True, timeout=1)
+        wasyncore.close_all(channels)
+        return finished
+
+
+def serve_process(
+    listener: socket.socket,
+    settings: ServeSettings,
+    recorder: metrics.SlotMetrics,
+    report: Callable[[ModelStore], None],
+    parent: int | None = None,
+) -> int:
+    """One server process: its own ModelStore and waitress, until told to stop.
+
+    The model loads in the background; the process accepts connections once the
+    first attempt is over (then /ping says 200, or 503 and why), so a restarted
+    process never answers 503 while its siblings have the model. It calls
+    `report` at that moment.
+    """
+    store = ModelStore(settings.model_uri, settings.model_poll_seconds)
+    app = create_app(store, settings, recorder)
+    process = ProcessServer(app, listener, settings)
+    for number in STOP_SIGNALS:
+        signal.signal(number, process.stop)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {*STOP_SIGNALS, signal.SIGCHLD})
+    threading.Thread(target=store.start, name="model-load", daemon=True).start()
+    reported = False
+
+    def tick() -> None:
+        nonlocal reported
+        recorder.sync_store(store)
+        if not reported and (store.current is not None or store.last_error is not None):
+            reported = True
+            process.open()
+            report(store)
+        if parent is not None and os.getppid() != parent:
+            log.warning("the supervising process is gone: stopping")
+            process.stop()
+
+    process.serve(tick)
+    finished = process.drain()
+    if not finished:
+        log.warning("stopped before every request finished (drain limit %ss)", DRAIN_SECONDS)
+    store.stop()
+    return 0
+
+
+def _log_ready(settings: ServeSettings) -> Callable[[ModelStore], None]:
+    def report(store: ModelStore) -> None:
+        log.info("%s", _startup_line(settings, 1, _model_text(store)))
+
+    return report
+
+
+def _model_text(store: ModelStore) -> str:
+    bundle = store.current
+    if bundle is None:
+        return f"no model loaded yet ({store.last_error})"
+    return f"model {bundle.name} version {bundle.version}"
+
+
+def _startup_line(settings: ServeSettings, workers: int, model: str) -> str:
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    return (
+        f"serving http://{host}:{settings.port} with {workers} "
+        f"process{'es' if workers != 1 else ''} x {settings.threads} threads, {model}"
+    )
+
+
+# -- the supervising parent ------------------------------------------------------------
+
+
+class Supervisor:
+    """Starts one process per slot, restarts those that die, stops them all on a signal."""
+
+    def __init__(
+        self, listener: socket.socket, settings: ServeSettings, shared: metrics.Metrics
+    ) -> None:
+        self.listener = listener
+        self.settings = settings
+        self.shared = shared
+        self.children: dict[int, int] = {}
+        self.started: dict[int, float] = {}
+        self.failures: dict[int, int] = {}
+        self.restart_at: dict[int, float] = {}
+        self.ready: dict[int, str] = {}
+        self.announced = False
+        self.stop_signals = 0
+        self._status = b""
+
+    def run(self) -> int:
+        self._wake_read, self._wake_write = os.pipe()
+        self._status_read, self._status_write = os.pipe()
+        for fd in (self._wake_read, self._wake_write, self._status_read):
+            os.set_blocking(fd, False)
+        for number in STOP_SIGNALS:
+            signal.signal(number, self._on_stop_signal)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.set_wakeup_fd(self._wake_write, warn_on_full_buffer=False)
+        try:
+            for slot in range(self.settings.workers):
+                self._spawn(slot)
+            while not self.stop_signals:
+                self._wait(self._next_timeout())
+                self._reap()
+                self._restart_due()
+            return self._shutdown()
+        finally:
+            signal.set_wakeup_fd(-1)
+            for fd in (self._wake_read, self._wake_write, self._status_read, self._status_write):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self.listener.close()
+
+    def _on_stop_signal(self, number: int, _frame: object) -> None:
+        self.stop_signals += 1
+        if self.stop_signals > 1:
+            for pid in list(self.children):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+    def _spawn(self, slot: int) -> None:
+        blocked = {*STOP_SIGNALS, signal.SIGCHLD}
+        signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                self._child(slot)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
+        self.children[pid] = slot
+        self.started[slot] = time.monotonic()
+
+    def _child(self, slot: int) -> None:
+        """Runs in the forked process and never returns."""
+        code = 1
+        try:
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            for fd in (self._wake_read, self._wake_write, self._status_read):
+                os.close(fd)
+            status = self._status_write
+
+            def report(store: ModelStore) -> None:
+                model = _model_text(store)[:300]
+                line = orjson.dumps({"slot": slot, "pid": os.getpid(), "model": model})
+                os.write(status, line + b"\n")
+
+            code = serve_process(
+                self.listener, self.settings, self.shared.slot(slot), report, os.getppid()
+            )
+        except BaseException:
+            log.exception("server process %d failed", os.getpid())
+        finally:
+            logging.shutdown()
+            os._exit(code)
+
+    def _wait(self, timeout: float) -> None:
+        try:
+            readable, _, _ = select.select([self._wake_read, self._status_read], [], [], timeout)
+        except InterruptedError:
+            return
+        if self._wake_read in readable:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self._wake_read, 512):
+                    pass
+        if self._status_read in readable:
+            self._read_status()
+
+    def _read_status(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(self._status_read, 4096):
+                self._status += chunk
+        *lines, self._status = self._status.split(b"\n")
+        for line in lines:
+            message = orjson.loads(line)
+            self.ready[message["slot"]] = message["model"]
+            if self.announced:
+                log.info("server process %d (slot %d) ready", message["pid"], message["slot"])
+        if not self.announced and len(self.ready) >= self.settings.workers:
+            self.announced = True
+            log.info("%s", _startup_line(self.settings, self.settings.workers, self.ready[0]))
+
+    def _next_timeout(self) -> float:
+        if not self.restart_at:
+            return 5.0
+        return max(0.0, min(self.restart_at.values()) - time.monotonic())
+
+    def _reap(self) -> list[int]:
+        """Collect exited children; schedule restarts unless we are stopping."""
+        gone = []
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            slot = self.children.pop(pid, None)
+            if slot is None:
+                continue
+            gone.append(slot)
+            self.shared.clear(slot)
+            self.ready.pop(slot, None)
+            if not self.stop_signals:
+                self._schedule_restart(slot, pid, status)
+        return gone
+
+    def _schedule_restart(self, slot: int, pid: int, status: int) -> None:
+        lived = time.monotonic() - self.started[slot]
+        failures = 0 if lived > STABLE_SECONDS else self.failures.get(slot, 0) + 1
+        self.failures[slot] = failures
+        delay = (
+            RESTART_BACKOFF_SECONDS[min(failures, len(RESTART_BACKOFF_SECONDS)) - 1]
+            if failures
+            else 0.0
+        )
+        log.error(
+            "server process %d (slot %d) %s after %.1fs; restarting in %.1fs",
+            pid,
+            slot,
+            _exit_text(status),
+            lived,
+            delay,
+        )
+        self.restart_at[slot] = time.monotonic() + delay
+
+    def _restart_due(self) -> None:
+        now = time.monotonic()
+        for slot, when in list(self.restart_at.items()):
+            if when <= now:
+                del self.restart_at[slot]
+                self._spawn(slot)
+
+    def _shutdown(self) -> int:
+        log.info("stopping: %d server processes finish their requests", len(self.children))
+        self.listener.close()
+        deadline = time.monotonic() + KILL_AFTER_SECONDS
+        for pid in self.children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        while self.children and time.monotonic() < deadline:
+            self._wait(min(0.5, max(0.0, deadline - time.monotonic())))
+            self._reap()
+        for pid in list(self.children):
+            log.warning("server process %d did not stop in time: killing it", pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        while self.children:
+            pid, _ = os.waitpid(-1, 0)
+            self.children.pop(pid, None)
+        log.info("stopped")
+        return 0
+
+
+def _exit_text(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exited with code {os.waitstatus_to_exitcode(status)}"

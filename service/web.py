@@ -1,0 +1,290 @@
+"""The endpoint's WSGI app: translate HTTP into calls of the shared predict path.
+
+The hot path stays plain WSGI (a dict of routes, the environ, bytes out) so that
+a single-row request costs little more than the prediction itself. Every error
+becomes a response in one place, `error_response`; a client never sees a stack
+trace.
+
+API_KEY guards the model and its telemetry (/invocations, /metrics). The health
+checks (/ping, /health) and the public descriptions (/execution-parameters,
+/openapi.json) stay open: load balancers and SageMaker call them without a key.
+"""
+
+import hmac
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any, NamedTuple, Protocol
+
+import orjson
+
+from service import formats, metrics, openapi
+from service.artifacts import Bundle
+from service.errors import (
+    MalformedBody,
+    MethodNotAllowed,
+    ModelError,
+    NotFound,
+    PayloadTooLarge,
+    ServiceError,
+    Unauthorized,
+)
+from service.model import predict
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("service.access")
+
+JSON = "application/json"
+MODEL_NAME_HEADER = "X-Model-Name"
+MODEL_VERSION_HEADER = "X-Model-Version"
+API_KEY_HEADER = "X-Api-Key"
+PROTECTED_ROUTES = frozenset({"/invocations", "/metrics"})
+_STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
+_CHUNK = 1 << 16
+
+StartResponse = Callable[..., Any]
+
+
+class Store(Protocol):
+    """What the app needs from a ModelStore: the bundle in use and why a load failed."""
+
+    current: Bundle | None
+    last_error: str | None
+    reloads: int
+    reload_failures: int
+
+
+class Response(NamedTuple):
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    rows: int = 0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """The settings the app reads, decoupled from how they were loaded."""
+
+    max_request_bytes: int
+    api_key: str | None = None
+    max_concurrent: int = 1
+    max_payload_mb: int = 6
+    access_log: bool = False
+
+
+def config_from_settings(settings: Any) -> AppConfig:
+    """AppConfig from ServeSettings (MAX_REQUEST_MB, API_KEY, WORKERS, THREADS)."""
+    megabytes = float(settings.max_request_mb)
+    return AppConfig(
+        max_request_bytes=int(megabytes * 1024 * 1024),
+        api_key=settings.api_key or None,
+        max_concurrent=int(settings.workers) * int(settings.threads),
+        max_payload_mb=max(1, int(megabytes)),
+        access_log=bool(getattr(settings, "access_log", False)),
+    )
+
+
+def json_response(status: int, document: Any, headers: Iterable[tuple[str, str]] = ()) -> Response:
+    body = orjson.dumps(document)
+    return Response(
+        status, [("Content-Type", JSON), ("Content-Length", str(len(body))), *headers], body
+    )
+
+
+def error_response(exc: ServiceError, headers: Iterable[tuple[str, str]] = ()) -> Response:
+    """The one mapping from an error to HTTP: its status, and {"error", "message"}."""
+    response = json_response(exc.status, {"error": exc.code, "message": exc.message}, headers)
+    return response._replace(error=exc.code)
+
+
+class App:
+    """The WSGI application. Build it with `create_app`."""
+
+    def __init__(self, store: Store, config: AppConfig, recorder: Any = None) -> None:
+        self.store = store
+        self.config = config
+        self.metrics = recorder if recorder is not None else metrics.Metrics().slot(0)
+        self._api_key = config.api_key.encode() if config.api_key else None
+        self._health = json_response(200, {"status": "ok"})
+        self._parameters = json_response(
+            200,
+            {
+                "MaxConcurrentTransforms": config.max_concurrent,
+                "BatchStrategy": "MULTI_RECORD",
+                "MaxPayloadInMB": config.max_payload_mb,
+            },
+        )
+        document = openapi.document(
+            max_request_mb=config.max_request_bytes / (1024 * 1024),
+            api_key_required=self._api_key is not None,
+        )
+        self._openapi = json_response(200, document)
+        self.routes: dict[str, dict[str, Callable[[dict[str, Any]], Response]]] = {
+            "/ping": {"GET": self.ping},
+            "/invocations": {"POST": self.invocations},
+            "/execution-parameters": {"GET": lambda environ: self._parameters},
+            "/health": {"GET": lambda environ: self._health},
+            "/metrics": {"GET": self.render_metrics},
+            "/openapi.json": {"GET": lambda environ: self._openapi},
+        }
+        for methods in self.routes.values():
+            if "GET" in methods:
+                methods["HEAD"] = methods["GET"]
+        self._model_headers: tuple[Bundle | None, list[tuple[str, str]]] = (None, [])
+        self._route_index = {path: i for i, path in enumerate(metrics.ROUTES)}
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        started = time.perf_counter()
+        path = environ.get("PATH_INFO") or "/"
+        route = self._route_index.get(path, metrics.OTHER_ROUTE)
+        try:
+            response = self.dispatch(path, environ)
+        except ServiceError as exc:
+            response = error_response(exc)
+        except Exception:
+            log.exception("unexpected error answering %s %s", environ.get("REQUEST_METHOD"), path)
+            response = error_response(
+                ServiceError("the server failed unexpectedly; the error is in its log")
+            )
+        start_response(_STATUS_LINES[response.status], response.headers)
+        seconds = time.perf_counter() - started
+        self.metrics.observe(route, response.status, seconds, response.rows, response.error)
+        if self.config.access_log:
+            access_log.info(
+                "%s %s %d %.2fms rows=%d",
+                environ.get("REQUEST_METHOD"),
+                path,
+                response.status,
+                seconds * 1000,
+                response.rows,
+            )
+        return [response.body]
+
+    def dispatch(self, path: str, environ: dict[str, Any]) -> Response:
+        """Route the request; errors for unknown routes, methods and missing keys."""
+        methods = self.routes.get(path)
+        if methods is None:
+            raise NotFound(f"no route {path}: see /openapi.json for the routes this server has")
+        handler = methods.get(environ["REQUEST_METHOD"])
+        if handler is None:
+            allowed = ", ".join(sorted(methods))
+            exc = MethodNotAllowed(f"{path} accepts {allowed}")
+            return error_response(exc, [("Allow", allowed)])
+        if self._api_key is not None and path in PROTECTED_ROUTES and not self._authorized(environ):
+            exc = Unauthorized(
+                f"{path} needs the API key: send it as '{API_KEY_HEADER}: <key>' "
+                "or 'Authorization: Bearer <key>'"
+            )
+            return error_response(exc, [("WWW-Authenticate", "Bearer")])
+        return handler(environ)
+
+    def _authorized(self, environ: dict[str, Any]) -> bool:
+        given = environ.get("HTTP_X_API_KEY")
+        if given is None:
+            scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
+            if scheme.lower() != "bearer":
+                return False
+            given = token.strip()
+        return hmac.compare_digest(given.encode("latin-1", "replace"), self._api_key or b"")
+
+    def ping(self, environ: dict[str, Any]) -> Response:
+        bundle = self.store.current
+        if bundle is None:
+            raise self._no_model()
+        return json_response(
+            200,
+            {"status": "ok", "model": {"name": bundle.name, "version": bundle.version}},
+            self.model_headers(bundle),
+        )
+
+    def invocations(self, environ: dict[str, Any]) -> Response:
+        """Predict the rows in the body with the bundle in use when the request began."""
+        bundle = self.store.current
+        if bundle is None:
+            raise self._no_model()
+        answer_type = formats.negotiate(environ.get("HTTP_ACCEPT"))
+        body = self.read_body(environ)
+        frame = formats.decode(body, environ.get("CONTENT_TYPE"))
+        result = predict(bundle, frame)
+        payload = formats.encode(result, answer_type)
+        headers = [
+            ("Content-Type", answer_type),
+            ("Content-Length", str(len(payload))),
+            *self.model_headers(bundle),
+        ]
+        return Response(200, headers, payload, rows=len(result))
+
+    def read_body(self, environ: dict[str, Any]) -> bytes:
+        """The request body, refused with 413 before reading more than the limit (+1 byte)."""
+        limit = self.config.max_request_bytes
+        stream = environ["wsgi.input"]
+        length = environ.get("CONTENT_LENGTH")
+        if length:
+            try:
+                size = int(length)
+            except ValueError:
+                raise MalformedBody(f"Content-Length {length!r} is not a number") from None
+            if size > limit:
+                raise self._too_large(size)
+            body = stream.read(size)
+            if len(body) < size:
+                raise MalformedBody(f"the body ended after {len(body)} of {size} bytes")
+            return body
+        if not environ.get("wsgi.input_terminated") and "chunked" not in environ.get(
+            "HTTP_TRANSFER_ENCODING", ""
+        ):
+            return b""
+        parts, size = [], 0
+        while size <= limit:
+            part = stream.read(min(_CHUNK, limit + 1 - size))
+            if not part:
+                break
+            parts.append(part)
+            size += len(part)
+        if size > limit:
+            raise self._too_large(None)
+        return b"".join(parts)
+
+    def _too_large(self, size: int | None) -> PayloadTooLarge:
+        limit_mb = self.config.max_request_bytes / (1024 * 1024)
+        told = f" ({size} bytes)" if size is not None else ""
+        return PayloadTooLarge(
+            f"the body{told} is over the {limit_mb:g} MB limit (MAX_REQUEST_MB): "
+            "split the rows into smaller requests, or use the batch transform for files"
+        )
+
+    def model_headers(self, bundle: Bundle) -> list[tuple[str, str]]:
+        """X-Model-Name/-Version, built once per bundle rather than per request."""
+        cached_for, headers = self._model_headers
+        if cached_for is not bundle:
+            headers = [
+                (MODEL_NAME_HEADER, _header_text(bundle.name)),
+                (MODEL_VERSION_HEADER, _header_text(bundle.version)),
+            ]
+            self._model_headers = (bundle, headers)
+        return headers
+
+    def _no_model(self) -> ModelError:
+        reason = self.store.last_error or "the model is still loading"
+        return ModelError(f"no model is loaded: {reason}")
+
+    def render_metrics(self, environ: dict[str, Any]) -> Response:
+        self.metrics.sync_store(self.store)
+        body = self.metrics.render()
+        headers = [("Content-Type", metrics.CONTENT_TYPE), ("Content-Length", str(len(body)))]
+        return Response(200, headers, body)
+
+
+def _header_text(value: str) -> str:
+    return (
+        value.encode("latin-1", "replace").decode("latin-1").replace("\r", " ").replace("\n", " ")
+    )
+
+
+def create_app(store: Store, settings: Any, recorder: Any = None) -> App:
+    """The app for ServeSettings (or an AppConfig); `recorder` is this process's metrics slot."""
+    config = settings if isinstance(settings, AppConfig) else config_from_settings(settings)
+    return App(store, config, recorder)
