@@ -1,0 +1,9 @@
+"""Local AWS for this project: moto plus the compute moto lacks (Lambda runtime, ECS agent).
+
+Each component has ``start()`` and ``stop()`` so tests can use them as fixtures and the
+command line (``python -m localcloud up``) can compose them.
+"""
+
+from localcloud.settings import LocalCloudSettings
+
+__all__ = ["LocalCloudSettings"]

@@ -1,0 +1,148 @@
+"""``python -m localcloud up``: parse options, run the local cloud until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+from localcloud.cloud import LocalCloud
+from localcloud.console import Console
+from localcloud.deploy import DeployedStack, DeployError
+from localcloud.procs import DUMMY_KEY
+from localcloud.server import ServerStartError
+from localcloud.settings import LocalCloudSettings
+
+NAME = "localcloud"
+READY = "ready"
+ENDPOINT_WAIT_SECONDS = 90.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = LocalCloudSettings()
+    parser = argparse.ArgumentParser(
+        prog="python -m localcloud",
+        description="AWS on this machine: moto, the project's stack, a Lambda runtime and an "
+        "ECS agent, on 127.0.0.1 only.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    up = commands.add_parser("up", help="deploy the stack and run until Ctrl-C or SIGTERM")
+    demo = commands.add_parser(
+        "demo", help="up, send sample rows through the batch transform and the endpoint, stop"
+    )
+    for command in (up, demo):
+        _add_options(command, defaults)
+    return parser
+
+
+def _add_options(command: argparse.ArgumentParser, defaults: LocalCloudSettings) -> None:
+    command.add_argument("--port", type=int, default=defaults.port, help="AWS API port (4566)")
+    command.add_argument("--stack-name", default=defaults.stack_name)
+    command.add_argument("--template", type=Path, default=defaults.template)
+    command.add_argument("--params", type=Path, default=defaults.params, help="parameter file")
+    command.add_argument(
+        "--schedule-scale",
+        type=float,
+        default=defaults.schedule_scale,
+        help="multiply rate(...) schedules (0.1: every minute becomes every 6 s)",
+    )
+    command.add_argument(
+        "--retry-scale",
+        type=float,
+        default=1.0,
+        help="multiply the Lambda retry delays of asynchronous invocations (60 s, 120 s)",
+    )
+    command.add_argument("--state-dir", type=Path, default=defaults.state_dir)
+    command.add_argument("--verbose", action="store_true", help="also log every AWS API request")
+
+
+def settings_from(args: argparse.Namespace) -> LocalCloudSettings:
+    defaults = LocalCloudSettings()
+    return replace(
+        defaults,
+        port=args.port,
+        stack_name=args.stack_name,
+        template=args.template.resolve(),
+        params=args.params.resolve(),
+        schedule_scale=args.schedule_scale,
+        retry_delays=tuple(d * args.retry_scale for d in defaults.retry_delays),
+        state_dir=args.state_dir.resolve(),
+        verbose=args.verbose,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = settings_from(args)
+    # moto also logs these (to the console, once); its warnings would repeat them on stderr.
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"moto\.")
+    if args.command == "demo":
+        from localcloud.demo import run_demo
+
+        return run_demo(settings)
+    return up(settings)
+
+
+def up(settings: LocalCloudSettings, console: Console | None = None) -> int:
+    """Run until Ctrl-C or SIGTERM; exit 0 after a clean stop, 1 if the stack failed."""
+    console = console or Console()
+    stop = threading.Event()
+    cloud = LocalCloud(settings, console)
+
+    def on_signal(_number: int, _frame: object) -> None:
+        if stop.is_set():
+            console.line(NAME, "second signal: killing every task now")
+            cloud.agent.kill_all()
+        stop.set()
+
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, on_signal)
+    try:
+        stack = cloud.start()
+    except (ServerStartError, DeployError) as exc:
+        console.line(NAME, f"error: {exc}")
+        return 1
+    try:
+        if not stop.is_set():
+            _announce(cloud, stack, console, stop)
+        stop.wait()
+        console.line(NAME, "stopping")
+    finally:
+        cloud.stop()
+    console.line(NAME, "stopped")
+    return 0
+
+
+def _announce(
+    cloud: LocalCloud, stack: DeployedStack, console: Console, stop: threading.Event
+) -> None:
+    for key, value in sorted(stack.outputs.items()):
+        console.line(NAME, f"{key:<24} {value}")
+    settings = cloud.settings
+    console.line(NAME, "point the AWS CLI or boto3 at it:")
+    console.line(
+        NAME,
+        f"  export AWS_ENDPOINT_URL={settings.endpoint_url} AWS_DEFAULT_REGION={settings.region}"
+        f" AWS_ACCESS_KEY_ID={DUMMY_KEY} AWS_SECRET_ACCESS_KEY={DUMMY_KEY}",
+    )
+    if "InputBucketName" in stack.outputs:
+        console.line(NAME, f"  aws s3 cp rows.parquet s3://{stack.outputs['InputBucketName']}/")
+    endpoint = stack.outputs.get("EndpointUrl", "")
+    if endpoint.startswith("http://127.0.0.1"):
+        healthy = _wait_endpoint(cloud, stop)
+        state = "healthy" if healthy else "not healthy yet (see its log lines above)"
+        console.line(NAME, f"endpoint {endpoint} {state}")
+    console.line(NAME, f"{READY} (Ctrl-C stops everything)")
+
+
+def _wait_endpoint(cloud: LocalCloud, stop: threading.Event) -> bool:
+    """Wait for /ping, giving up early when asked to stop."""
+    waited = 0.0
+    while waited < ENDPOINT_WAIT_SECONDS and not stop.is_set():
+        if cloud.wait_endpoint(1.0):
+            return True
+        waited += 1.0
+    return False

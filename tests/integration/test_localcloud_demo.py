@@ -1,0 +1,51 @@
+"""``python -m localcloud demo``: a file through the batch transform and the endpoint agree."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+
+from localcloud.settings import LOOPBACK, REPO_ROOT
+
+ENDPOINT_PORT = 8080
+NEEDED = ["infra/stack.yaml", "lambda/handler.py", "service/worker.py", "scripts/train_example.py"]
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        not all((REPO_ROOT / path).exists() for path in NEEDED),
+        reason="needs the template, the Lambda handler, the service and the training script",
+    ),
+]
+
+
+def test_demo_prints_identical_batch_and_endpoint_predictions(
+    tmp_path: Path, unused_port: int, processes_using: Callable[[str], list[psutil.Process]]
+) -> None:
+    with socket.socket() as probe:
+        if probe.connect_ex((LOOPBACK, ENDPOINT_PORT)) == 0:
+            pytest.skip(f"port {ENDPOINT_PORT} is in use (another local cloud?)")
+    result = subprocess.run(
+        [sys.executable, "-m", "localcloud", "demo", "--port", str(unused_port),
+         "--state-dir", str(tmp_path / "state")],
+        cwd=REPO_ROOT,
+        env={**os.environ, "NO_COLOR": "1"},
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
+    )  # fmt: skip
+
+    log = (tmp_path / "state" / "demo.log").read_text()
+    assert result.returncode == 0, result.stdout + result.stderr + log[-4000:]
+    assert "predictions written" in result.stdout
+    assert "100 rows, model example version 1: batch and endpoint are identical" in result.stdout
+    assert processes_using(f"http://127.0.0.1:{unused_port}") == []
+    assert "Task timed out" not in log
