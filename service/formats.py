@@ -314,7 +314,8 @@ def _parquet_batches(
     path: str, fmt: FileFormat, batch_rows: int, numeric_columns: tuple[str, ...]
 ) -> Iterator[pd.DataFrame]:
     try:
-        batches = pq.ParquetFile(path).iter_batches(batch_size=batch_rows)
+        # pre_buffer=False: pre-buffering keeps every row group read so far in memory.
+        batches = pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=batch_rows)
         for batch in batches:
             yield batch.to_pandas()
     except ARROW_ERRORS as exc:
@@ -375,24 +376,31 @@ def _jsonl_batches(
                 ),
             )
             for batch in reader:
-                yield batch.to_pandas()
+                yield _in_file_order(batch.to_pandas(), first_keys)
     except ARROW_ERRORS as exc:
         raise MalformedBody(
             f"the file is not readable JSON Lines, one object per line ({_arrow_reason(exc)})"
         ) from None
 
 
-def _first_json_keys(path: str, fmt: FileFormat) -> set[str]:
+def _in_file_order(frame: pd.DataFrame, first_keys: list[str]) -> pd.DataFrame:
+    """Columns in the order of the first line (an explicit schema puts its own first)."""
+    order = [k for k in first_keys if k in frame.columns]
+    order += [c for c in frame.columns if c not in set(order)]
+    return frame if list(frame.columns) == order else frame[order]
+
+
+def _first_json_keys(path: str, fmt: FileFormat) -> list[str]:
     opener: Callable[..., IO[bytes]] = gzip.open if fmt.gzip else open  # type: ignore[assignment]
     try:
         with opener(path, "rb") as handle:
             for line in handle:
                 if line.strip():
                     row = orjson.loads(line)
-                    return set(row) if isinstance(row, dict) else set()
+                    return list(row) if isinstance(row, dict) else []
     except (OSError, EOFError, orjson.JSONDecodeError) as exc:
         raise MalformedBody(f"the first line is not a JSON object ({exc})") from None
-    return set()
+    return []
 
 
 class BatchWriter:
