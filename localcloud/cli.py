@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_options(command: argparse.ArgumentParser, defaults: LocalCloudSettings) -> None:
     command.add_argument("--port", type=int, default=defaults.port, help="AWS API port (4566)")
+    command.add_argument(
+        "--endpoint-port", type=int, default=None, help="host port of the endpoint (8080)"
+    )
     command.add_argument("--stack-name", default=defaults.stack_name)
     command.add_argument("--template", type=Path, default=defaults.template)
     command.add_argument("--params", type=Path, default=defaults.params, help="parameter file")
@@ -64,6 +67,7 @@ def settings_from(args: argparse.Namespace) -> LocalCloudSettings:
     return replace(
         defaults,
         port=args.port,
+        endpoint_port=args.endpoint_port,
         stack_name=args.stack_name,
         template=args.template.resolve(),
         params=args.params.resolve(),

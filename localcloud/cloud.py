@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 import time
 import urllib.error
 import urllib.request
+from urllib.parse import urlsplit
 
 from localcloud.clients import LocalSession
 from localcloud.console import Console
@@ -12,8 +14,8 @@ from localcloud.deploy import DeployedStack, ExampleBundle, deploy
 from localcloud.ecs_agent import CommandFor, EcsAgent, service_command
 from localcloud.lambda_runtime import LambdaRuntime
 from localcloud.scheduler import Scheduler
-from localcloud.server import MotoServer
-from localcloud.settings import LocalCloudSettings
+from localcloud.server import MotoServer, ServerStartError
+from localcloud.settings import LOOPBACK, LocalCloudSettings
 
 ENDPOINT_OUTPUT = "EndpointUrl"
 
@@ -44,6 +46,7 @@ class LocalCloud:
             self._start(self.server)
             self._start(self.lambdas)
             self.stack = deploy(self.settings, self.session, self.console, self.example)
+            self._check_endpoint_port()
             self._start(self.agent)
             self._start(self.scheduler)
         except BaseException:
@@ -77,6 +80,20 @@ class LocalCloud:
                 pass
             time.sleep(0.5)
         return False
+
+    def _check_endpoint_port(self) -> None:
+        """Refuse to start when another server holds the endpoint's port: the service would
+        crash-loop while that server's ``/ping`` made it look healthy."""
+        url = urlsplit((self.stack.outputs.get(ENDPOINT_OUTPUT) if self.stack else None) or "")
+        if url.hostname != LOOPBACK or url.port is None:
+            return
+        with socket.socket() as probe:
+            if probe.connect_ex((LOOPBACK, url.port)) != 0:
+                return
+        raise ServerStartError(
+            f"port {url.port} on {LOOPBACK} is in use, and the stack's endpoint needs it; "
+            "stop the process listening there (another `python -m localcloud up`?)"
+        )
 
     def _start(self, component: MotoServer | LambdaRuntime | EcsAgent | Scheduler) -> None:
         component.start()

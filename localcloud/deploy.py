@@ -41,6 +41,7 @@ from localcloud.settings import LocalCloudSettings
 AUTO = "auto"
 CODE_BUCKET_PARAMETER = "LambdaCodeBucket"
 CODE_KEY_PARAMETER = "LambdaCodeKey"
+ENDPOINT_URL_PARAMETER = "EndpointUrlWhenNoLoadBalancer"
 EXAMPLE_MODEL_PREFIX = "models/example/1/"
 _ZIP_EPOCH = (2020, 1, 1, 0, 0, 0)
 _DONE = {"CREATE_COMPLETE", "UPDATE_COMPLETE"}
@@ -326,6 +327,8 @@ def deploy(
     if not given.get("ModelUri"):
         example.start()
     given = fill_auto_parameters(template, given, default_network(session.client("ec2")))
+    if settings.endpoint_port and ENDPOINT_URL_PARAMETER in template.get("Parameters", {}):
+        given[ENDPOINT_URL_PARAMETER] = f"http://{settings.host}:{settings.endpoint_port}"
     s3 = session.client("s3")
     if CODE_BUCKET_PARAMETER in given and CODE_KEY_PARAMETER in given:
         code = package_lambda(settings.lambda_source)

@@ -31,7 +31,7 @@ from localcloud.console import Console
 from localcloud.cwlogs import LogStreamWriter
 from localcloud.procs import Child, aws_environment, base_environment
 from localcloud.server import ECS_TASK_MANUAL
-from localcloud.settings import LOOPBACK, LocalCloudSettings
+from localcloud.settings import ENDPOINT_CONTAINER_PORT, LOOPBACK, LocalCloudSettings
 
 ESSENTIAL_EXITED = "Essential container in task exited"
 USER_STOPPED = "Task stopped by user"
@@ -213,6 +213,8 @@ class EcsAgent:
 
     def _launch(self, backend: EC2ContainerServiceBackend, task: Task) -> None:
         task.last_status = "PENDING"
+        if getattr(task, "created_at", None) is None:
+            task.created_at = datetime.now(UTC)  # moto records no createdAt for RunTask
         try:
             taskdef = backend.describe_task_definition(task.task_definition_arn)
             launches = [self._container_launch(task, d) for d in taskdef.container_definitions]
@@ -269,6 +271,11 @@ class EcsAgent:
             log_stream_prefix=options.get("awslogs-stream-prefix"),
         )
 
+    def _host_port(self, container_port: int) -> int:
+        """The endpoint's port on this machine (tasks share the host's network here)."""
+        mapped = self.settings.endpoint_port
+        return mapped if mapped and container_port == ENDPOINT_CONTAINER_PORT else container_port
+
     def _spawn(self, run: _TaskRun, launch: ContainerLaunch) -> Child:
         env = base_environment()
         env.update(self.settings.extra_env)
@@ -276,7 +283,7 @@ class EcsAgent:
         env.update(aws_environment(self.settings.endpoint_url, run.task.region_name))
         env["HOST"] = LOOPBACK
         if launch.port is not None:
-            env["PORT"] = str(launch.port)
+            env["PORT"] = str(self._host_port(launch.port))
         writer = self._log_writer(run.task, launch)
         return Child(
             self._command_for(launch),

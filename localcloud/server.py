@@ -23,7 +23,7 @@ _LOGGERS = ("werkzeug", "moto")
 
 
 class ServerStartError(RuntimeError):
-    """The AWS API could not listen on its port."""
+    """A server of the local cloud (the AWS API, the endpoint) cannot have its port."""
 
 
 class MotoServer:

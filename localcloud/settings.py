@@ -10,6 +10,9 @@ from moto.core import DEFAULT_ACCOUNT_ID
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
 
+# The container port of the endpoint: SageMaker's contract.
+ENDPOINT_CONTAINER_PORT = 8080
+
 # AWS retries a failed asynchronous invocation twice: after about one and two minutes.
 AWS_ASYNC_RETRY_DELAYS = (60.0, 120.0)
 
@@ -19,6 +22,8 @@ class LocalCloudSettings:
     """Options of the local cloud; defaults are what ``python -m localcloud up`` uses."""
 
     port: int = 4566
+    # Host port for the endpoint's container port (like docker's -p HOST:8080); None keeps 8080.
+    endpoint_port: int | None = None
     host: str = LOOPBACK
     region: str = "us-east-1"
     account_id: str = DEFAULT_ACCOUNT_ID
