@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
+import sys
 import threading
 import warnings
 from dataclasses import replace
@@ -14,7 +16,7 @@ from localcloud.console import Console
 from localcloud.deploy import DeployedStack, DeployError
 from localcloud.procs import DUMMY_KEY
 from localcloud.server import ServerStartError
-from localcloud.settings import LocalCloudSettings
+from localcloud.settings import LOOPBACK, LocalCloudSettings
 
 NAME = "localcloud"
 READY = "ready"
@@ -40,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_options(command: argparse.ArgumentParser, defaults: LocalCloudSettings) -> None:
     command.add_argument("--port", type=int, default=defaults.port, help="AWS API port (4566)")
+    command.add_argument(
+        "--bind",
+        default=os.environ.get("LOCALCLOUD_BIND", defaults.bind),
+        help="listen address (127.0.0.1; env LOCALCLOUD_BIND; 0.0.0.0 only inside a container)",
+    )
     command.add_argument(
         "--endpoint-port", type=int, default=None, help="host port of the endpoint (8080)"
     )
@@ -68,6 +75,7 @@ def settings_from(args: argparse.Namespace) -> LocalCloudSettings:
         defaults,
         port=args.port,
         endpoint_port=args.endpoint_port,
+        bind=args.bind,
         stack_name=args.stack_name,
         template=args.template.resolve(),
         params=args.params.resolve(),
@@ -83,6 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_from(args)
     # moto also logs these (to the console, once); its warnings would repeat them on stderr.
     warnings.filterwarnings("ignore", category=UserWarning, module=r"moto\.")
+    if settings.bind != LOOPBACK:
+        print(
+            f"warning: listening on {settings.bind}, not only this machine: anyone who can "
+            "reach it can use the local cloud (meant for a container with published ports)",
+            file=sys.stderr,
+        )
     if args.command == "demo":
         from localcloud.demo import run_demo
 

@@ -31,7 +31,7 @@ from localcloud.console import Console
 from localcloud.cwlogs import LogStreamWriter
 from localcloud.procs import Child, aws_environment, base_environment
 from localcloud.server import ECS_TASK_MANUAL
-from localcloud.settings import ENDPOINT_CONTAINER_PORT, LOOPBACK, LocalCloudSettings
+from localcloud.settings import ENDPOINT_CONTAINER_PORT, LocalCloudSettings
 
 ESSENTIAL_EXITED = "Essential container in task exited"
 USER_STOPPED = "Task stopped by user"
@@ -281,7 +281,7 @@ class EcsAgent:
         env.update(self.settings.extra_env)
         env.update(launch.environment)
         env.update(aws_environment(self.settings.endpoint_url, run.task.region_name))
-        env["HOST"] = LOOPBACK
+        env["HOST"] = self.settings.bind
         if launch.port is not None:
             env["PORT"] = str(self._host_port(launch.port))
         writer = self._log_writer(run.task, launch)

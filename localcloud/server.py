@@ -47,7 +47,7 @@ class MotoServer:
         app = DomainDispatcherApplication(create_backend_app)
         with self._listen() as listener:
             self._server = make_server(
-                self.settings.host,
+                self.settings.bind,
                 self.settings.port,
                 app,
                 True,
@@ -64,12 +64,12 @@ class MotoServer:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            listener.bind((self.settings.host, self.settings.port))
+            listener.bind((self.settings.bind, self.settings.port))
             listener.listen(128)
         except OSError as exc:
             listener.close()
             raise ServerStartError(
-                f"cannot listen on {self.settings.host}:{self.settings.port} ({exc.strerror}); "
+                f"cannot listen on {self.settings.bind}:{self.settings.port} ({exc.strerror}); "
                 "is another local cloud or LocalStack running? Choose another port with --port"
             ) from exc
         return listener

@@ -25,6 +25,9 @@ class LocalCloudSettings:
     # Host port for the endpoint's container port (like docker's -p HOST:8080); None keeps 8080.
     endpoint_port: int | None = None
     host: str = LOOPBACK
+    # Address the servers listen on. Only a container publishing its ports needs 0.0.0.0
+    # (LOCALCLOUD_BIND); clients still use `host`.
+    bind: str = LOOPBACK
     region: str = "us-east-1"
     account_id: str = DEFAULT_ACCOUNT_ID
     stack_name: str = "model-endpoint-local"

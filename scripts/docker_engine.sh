@@ -68,7 +68,8 @@ cmd_start() {
 }
 
 cmd_stop() {
-    local dir=${1:?usage: stop DIR} pid=""
+    local dir=${1:?usage: stop DIR} pid="" started
+    started=$(date +%s)
     [ -f "$dir/dockerd.pid" ] && pid=$(cat "$dir/dockerd.pid")
     [ -z "$pid" ] && [ -f "$dir/dockerd.launcher.pid" ] && pid=$(cat "$dir/dockerd.launcher.pid")
     if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
@@ -84,7 +85,7 @@ cmd_stop() {
     # The engine's mounts must be gone before its files can be removed.
     grep -o " $dir/[^ ]*" /proc/mounts 2>/dev/null | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
     rm -rf "$dir"
-    log "engine stopped"
+    log "engine stopped and its files removed in $(seconds_since "$started") s"
 }
 
 build_rootfs_tar() {
@@ -141,7 +142,8 @@ FROM $BASE_TAG
 COPY pip-ca.pem /usr/local/share/pip-ca.pem
 ENV PIP_CERT=/usr/local/share/pip-ca.pem
 EOF
-    "$DOCKER_CLIENT" build -q -t "$BUILD_BASE_TAG" "$ctx" >/dev/null
+    "$DOCKER_CLIENT" build -q -t "$BUILD_BASE_TAG" "$ctx" >"$ctx/build.log" 2>&1 ||
+        { cat "$ctx/build.log" >&2; rm -rf "$ctx"; die "building $BUILD_BASE_TAG failed"; }
     rm -rf "$ctx"
     log "built $BUILD_BASE_TAG (FROM $BASE_TAG, with pip's CA bundle $cert)"
 }
@@ -150,12 +152,12 @@ cmd_run() {
     [ "${1:-}" = "--" ] && shift
     [ $# -gt 0 ] || die "usage: run -- COMMAND [ARGS...]"
     cmd_install
-    local dir host status=0
-    dir=$(mktemp -d /tmp/docker-engine.XXXXXX)
-    trap 'cmd_stop "$dir"' EXIT
+    local host status=0
+    ENGINE_DIR=$(mktemp -d /tmp/docker-engine.XXXXXX)
+    trap 'cmd_stop "$ENGINE_DIR"' EXIT
     trap 'exit 130' INT TERM
-    host=$(cmd_start "$dir")
-    export "$host"
+    host=$(cmd_start "$ENGINE_DIR")
+    export DOCKER_HOST=${host#DOCKER_HOST=}
     cmd_base_image
     cmd_build_base
     export BASE_IMAGE=$BUILD_BASE_TAG
@@ -173,7 +175,7 @@ main() {
     base-image) cmd_base_image ;;
     build-base) cmd_build_base ;;
     run) cmd_run "$@" ;;
-    *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+    *) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0" >&2; exit 2 ;;
     esac
 }
 

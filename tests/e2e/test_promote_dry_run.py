@@ -1,0 +1,127 @@
+"""scripts/promote.py --dry-run --skip-image against the local cloud (no Docker, no AWS)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.exceptions import BotoCoreError, ClientError
+from botocore.parsers import ResponseParserError
+
+ROOT = Path(__file__).resolve().parents[2]
+REGION = "us-east-1"
+LOCAL_STACK = "model-endpoint-local"
+READY_SECONDS = 180
+
+pytestmark = pytest.mark.e2e
+
+if not (ROOT / "localcloud" / "__main__.py").exists():
+    pytest.skip(
+        "localcloud is not importable yet (no localcloud/__main__.py)", allow_module_level=True
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def aws_env(endpoint: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION=REGION,
+        AWS_CONFIG_FILE=os.devnull,
+        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+        NO_COLOR="1",
+    )
+    return env
+
+
+def stack_status(cloudformation, name: str) -> str | None:
+    try:
+        return cloudformation.describe_stacks(StackName=name)["Stacks"][0]["StackStatus"]
+    except ClientError as error:
+        if "does not exist" in str(error):
+            return None
+        raise
+
+
+@pytest.fixture(scope="module")
+def local_cloud(tmp_path_factory):
+    """`python -m localcloud up` on a free port, until its stack is deployed."""
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    state = tmp_path_factory.mktemp("localcloud")
+    log = (state / "localcloud.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "localcloud", "up", "--port", str(port), "--state-dir", str(state)],
+        cwd=ROOT,
+        env=aws_env(endpoint),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    cloudformation = boto3.client(
+        "cloudformation", endpoint_url=endpoint, region_name=REGION,
+        aws_access_key_id="testing", aws_secret_access_key="testing",
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + READY_SECONDS
+        status = None
+        while status != "CREATE_COMPLETE":
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(
+                    f"the local cloud did not deploy {LOCAL_STACK} (status {status}, exit "
+                    f"{process.poll()}):\n{(state / 'localcloud.log').read_text()[-3000:]}"
+                )
+            time.sleep(1)
+            try:
+                status = stack_status(cloudformation, LOCAL_STACK)
+            except (BotoCoreError, ClientError, ResponseParserError):
+                status = None  # not listening yet, or busy deploying
+        yield endpoint, cloudformation
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def promote(endpoint: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "scripts/promote.py", "--params", "infra/params/local.json",
+         "--dry-run", "--skip-image", "--region", REGION, *args],
+        cwd=ROOT, env=aws_env(endpoint), capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+
+
+def test_dry_run_of_a_new_stack_leaves_nothing_behind(local_cloud):
+    endpoint, cloudformation = local_cloud
+    result = promote(endpoint, "--stack-name", "promote-dry-run")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "CREATE change set promote-" in result.stdout
+    assert "Add     InputBucket" in result.stdout
+    assert "dry run: change set deleted, nothing deployed" in result.stdout
+    assert stack_status(cloudformation, "promote-dry-run") is None
+
+
+def test_dry_run_of_the_deployed_stack_changes_nothing(local_cloud):
+    endpoint, cloudformation = local_cloud
+    result = promote(endpoint, "--stack-name", LOCAL_STACK)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "UPDATE change set promote-" in result.stdout
+    assert stack_status(cloudformation, LOCAL_STACK) == "CREATE_COMPLETE"
+    assert cloudformation.list_change_sets(StackName=LOCAL_STACK)["Summaries"] == []
