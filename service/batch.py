@@ -19,19 +19,14 @@ from urllib.parse import quote
 
 import pandas as pd
 import pyarrow as pa
-from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ClientError, HTTPClientError, IncompleteReadError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from s3transfer.exceptions import RetriesExceededError
 
+from service import formats
 from service.errors import InputError
 
-OUTPUT_SUFFIXES = {"parquet": ".parquet", "csv": ".csv", "jsonl": ".jsonl"}
-OUTPUT_CONTENT_TYPES = {
-    "parquet": "application/vnd.apache.parquet",
-    "csv": "text/csv",
-    "jsonl": "application/jsonlines",
-}
-COMPRESSION_SUFFIXES = (".gz",)
+OUTPUT_CONTENT_TYPES = {"parquet": formats.PARQUET, "csv": formats.CSV, "jsonl": formats.JSONLINES}
 REPORTS_FOLDER = "_reports"
 REPORT_SUFFIX = ".json"
 
@@ -105,9 +100,7 @@ class JobMessage:
 
     def with_etag(self, etag: str) -> JobMessage:
         """Same message with the ETag S3 reports now (for hand-written messages without one)."""
-        return JobMessage(
-            self.bucket, self.key, etag, self.size, self.version_id, self.event_time
-        )
+        return JobMessage(self.bucket, self.key, etag, self.size, self.version_id, self.event_time)
 
 
 def parse_message(body: str | bytes) -> JobMessage:
@@ -163,19 +156,6 @@ def quoted_etag(etag: str) -> str:
     return f'"{normalize_etag(etag)}"'
 
 
-def strip_extensions(key: str) -> str:
-    """Drop a compression suffix and then one file extension from the key's last segment."""
-    folder, slash, name = key.rpartition("/")
-    for suffix in COMPRESSION_SUFFIXES:
-        if name.lower().endswith(suffix) and len(name) > len(suffix):
-            name = name[: -len(suffix)]
-            break
-    dot = name.rfind(".")
-    if dot > 0:
-        name = name[:dot]
-    return f"{folder}{slash}{name}"
-
-
 def join_key(*parts: str) -> str:
     """Join key parts with single slashes, ignoring empty parts (an empty OUTPUT_PREFIX)."""
     return "/".join(part.strip("/") for part in parts if part.strip("/"))
@@ -185,8 +165,8 @@ def output_key(
     prefix: str, model_name: str, model_version: str, input_key: str, output_format: str
 ) -> str:
     """Where the predictions for one input go (contract layout)."""
-    name = strip_extensions(input_key) + OUTPUT_SUFFIXES[output_format]
-    return join_key(prefix, f"model={model_name}", f"version={model_version}", "") + "/" + name
+    folder = join_key(prefix, f"model={model_name}", f"version={model_version}")
+    return folder + "/" + formats.replace_extension(input_key, output_format)
 
 
 def report_key(prefix: str, input_key: str) -> str:
@@ -227,10 +207,8 @@ def already_done(
     """True when the output for this input version and model version exists already."""
     if existing_metadata is None or message.etag is None:
         return False
-    return (
-        normalize_etag(existing_metadata.get(META_INPUT_ETAG)) == message.etag
-        and existing_metadata.get(META_MODEL_VERSION) == _ascii(model_version)
-    )
+    same_input = normalize_etag(existing_metadata.get(META_INPUT_ETAG)) == message.etag
+    return same_input and existing_metadata.get(META_MODEL_VERSION) == _ascii(model_version)
 
 
 @dataclass(frozen=True)
@@ -303,6 +281,7 @@ class Action(enum.Enum):
 class Failure:
     """How an exception raised while working on a file is handled."""
 
+    status: str  # for the log line: failed | skipped | retry | error | aborted
     action: Action
     error: str
     message: str
@@ -313,30 +292,36 @@ def classify(exc: BaseException, message: JobMessage, file_format: str | None) -
     """Map an exception from one file to the fate of its message and the report text."""
     where = f"s3://{message.bucket}/{message.key}"
     if isinstance(exc, Aborted):
-        return Failure(Action.RELEASE, "aborted", "worker stopping; file handed back", False)
+        return Failure(
+            "aborted", Action.RELEASE, "aborted", "worker stopping; file handed back", False
+        )
     if isinstance(exc, InputError):
-        return Failure(Action.DELETE, exc.code, f"{where}: {exc.message}", True)
+        return Failure(FAILED, Action.DELETE, exc.code, f"{where}: {exc.message}", True)
     if isinstance(exc, DECODE_ERRORS):
         kind = file_format or "this format"
         text = f"{where} could not be read as {kind} ({type(exc).__name__}: {exc}); "
         text += "check that the file is complete and that its name matches its content"
-        return Failure(Action.DELETE, "unreadable_file", text, True)
+        return Failure(FAILED, Action.DELETE, "unreadable_file", text, True)
     if isinstance(exc, InputGone):
         text = f"{where} no longer exists ({exc}); upload it again to transform it"
-        return Failure(Action.DELETE, "input_gone", text, True)
+        return Failure(FAILED, Action.DELETE, "input_gone", text, True)
     if isinstance(exc, InputChanged):
         text = f"{where} changed after this event ({exc}); the event for the new version owns it"
-        return Failure(Action.DELETE, "input_changed", text, False)
+        return Failure("skipped", Action.DELETE, "input_changed", text, False)
     if is_transient(exc):
-        return Failure(Action.RETRY_SOON, "transient", f"{type(exc).__name__}: {exc}", False)
+        return Failure(
+            "retry", Action.RETRY_SOON, "transient", f"{type(exc).__name__}: {exc}", False
+        )
     text = f"unexpected {type(exc).__name__}: {exc}; the message will be retried and goes "
     text += "to the dead-letter queue when it keeps failing"
-    return Failure(Action.KEEP, "internal_error", text, True)
+    return Failure("error", Action.KEEP, "internal_error", text, True)
 
 
 def is_transient(exc: BaseException) -> bool:
     """Throttling, 5xx and broken connections: worth another try later, on any worker."""
-    if isinstance(exc, BotoConnectionError | HTTPClientError | RetriesExceededError):
+    if isinstance(
+        exc, BotoConnectionError | HTTPClientError | IncompleteReadError | RetriesExceededError
+    ):
         return True
     if isinstance(exc, ClientError):
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0

@@ -1,0 +1,661 @@
+"""Batch worker: drain the job queue, one input file at a time, until idle or stopped.
+
+This module only moves bytes between SQS, S3 and local temp files; the decisions (output
+key, "already done", what a failure means for the message, the report) live in
+``service.batch``, and prediction is the shared ``service.model.predict``.
+
+Per message: parse -> skip if the output for this input ETag and model version exists ->
+download (If-Match the event's ETag) -> predict in row batches -> upload (multipart, so the
+output appears whole or not at all) -> report -> delete. A heartbeat thread keeps the message
+invisible meanwhile and, on SIGTERM, hands it back to the queue at once.
+
+Exit codes: 0 after IDLE_SECONDS without a message or on SIGTERM (an idle worker notices it
+within WAIT_SECONDS, the long poll), 3 when no model bundle loads in time, 4 when the queue
+stayed unreachable for IDLE_SECONDS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any
+
+import boto3
+import pandas as pd
+from botocore.config import Config
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    IncompleteReadError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+)
+from s3transfer.manager import TransferConfig, TransferManager
+from s3transfer.subscribers import BaseSubscriber
+
+from service import batch
+from service.artifacts import Bundle, ModelStore
+from service.batch import Action, JobMessage, Report
+from service.errors import InvalidData, UnsupportedMediaType
+from service.formats import BatchWriter, file_format, iter_batches
+from service.model import predict
+from service.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_NO_MODEL = 3
+EXIT_QUEUE_UNREACHABLE = 4
+
+MB = 1024 * 1024
+TRANSFER_CONFIG = TransferConfig(
+    multipart_threshold=16 * MB,
+    multipart_chunksize=16 * MB,
+    max_request_concurrency=8,
+    io_chunksize=MB,
+)
+RETRY_CONFIG = {"mode": "standard", "max_attempts": 5}
+STOP_CHECK_SECONDS = 0.1
+STREAM_ATTEMPTS = 5
+STREAM_ERRORS = (
+    ResponseStreamingError,
+    ReadTimeoutError,
+    ConnectionClosedError,
+    IncompleteReadError,
+)
+SUPPORTED_NAMES = "*.parquet, *.csv, *.csv.gz, *.jsonl or *.jsonl.gz"
+
+
+def run_worker(settings: WorkerSettings) -> int:
+    """Run one worker until the queue stays empty for IDLE_SECONDS or SIGTERM; exit code."""
+    configure_logging(settings.log_level)
+    stopping = threading.Event()
+    polling = threading.Event()
+    restore = install_stop_handlers(stopping, polling)
+    store = ModelStore(settings.model_uri, settings.model_poll_seconds)
+    try:
+        store.start()
+        wait = max(settings.idle_seconds, 2 * settings.model_poll_seconds)
+        bundle = wait_for_model(store, wait, stopping)
+        if stopping.is_set():
+            return EXIT_OK
+        if bundle is None:
+            log_event(
+                logging.ERROR,
+                "no_model",
+                model_uri=settings.model_uri,
+                waited_seconds=wait,
+                reason=store.last_error,
+                message="no model bundle could be loaded; taking no messages",
+            )
+            return EXIT_NO_MODEL
+        log_event(
+            logging.INFO,
+            "worker_started",
+            queue=settings.job_queue_url,
+            output=f"s3://{settings.output_bucket}/{settings.output_prefix}",
+            output_format=settings.output_format,
+            model_name=bundle.name,
+            model_version=bundle.version,
+        )
+        worker = Worker(settings, store, stopping, polling)
+        try:
+            return worker.run()
+        finally:
+            worker.close()
+    finally:
+        store.stop()
+        restore()
+
+
+def wait_for_model(store: ModelStore, seconds: float, stopping: threading.Event) -> Bundle | None:
+    """Poll for the first bundle for a bounded time; a SIGTERM ends the wait at once."""
+    deadline = time.monotonic() + seconds
+    while store.current is None and time.monotonic() < deadline:
+        if stopping.wait(min(store.poll_seconds, 1.0)):
+            break
+        store.check_now()
+    return store.current
+
+
+class Worker:
+    """The receive loop and the per-file pipeline, bound to one queue and output bucket."""
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        store: ModelStore,
+        stopping: threading.Event,
+        polling: threading.Event | None = None,
+        session: boto3.session.Session | None = None,
+    ) -> None:
+        session = session or boto3.session.Session()
+        self.settings = settings
+        self.store = store
+        self.stopping = stopping
+        self.polling = polling or threading.Event()
+        self.sqs = session.client(
+            "sqs",
+            config=Config(retries=RETRY_CONFIG, read_timeout=settings.wait_seconds + 30),
+        )
+        self.s3 = session.client("s3", config=Config(retries=RETRY_CONFIG, max_pool_connections=16))
+        self.queue_url = settings.job_queue_url
+        self.transfers = TransferManager(self.s3, TRANSFER_CONFIG)
+
+    def close(self) -> None:
+        """Stop the upload threads (cancelling any transfer still running)."""
+        self.transfers.shutdown(cancel=True)
+
+    def run(self) -> int:
+        """Long-poll until idle or stopped; one message at a time leaves the rest to others."""
+        idle_since = time.monotonic()
+        queue_error: str | None = None
+        while not self.stopping.is_set():
+            remaining = self.settings.idle_seconds - (time.monotonic() - idle_since)
+            if remaining <= 0:
+                return self._idle_exit(queue_error)
+            try:
+                messages = self._receive(remaining)
+                queue_error = None
+            except StopPolling:
+                break
+            except Exception as exc:
+                queue_error = f"{type(exc).__name__}: {exc}"
+                log_event(logging.WARNING, "receive_failed", error=queue_error)
+                self.stopping.wait(min(5.0, max(remaining, 0.1)))
+                continue
+            for message in messages:
+                self.handle(message)
+                idle_since = time.monotonic()
+        log_event(logging.INFO, "worker_stopped", reason="SIGTERM")
+        return EXIT_OK
+
+    def _idle_exit(self, queue_error: str | None) -> int:
+        if queue_error is not None:
+            log_event(logging.ERROR, "queue_unreachable", queue=self.queue_url, error=queue_error)
+            return EXIT_QUEUE_UNREACHABLE
+        log_event(logging.INFO, "worker_idle", idle_seconds=self.settings.idle_seconds)
+        return EXIT_OK
+
+    def _receive(self, remaining: float) -> list[dict[str, Any]]:
+        wait = min(self.settings.wait_seconds, max(1, int(remaining + 0.999)))
+        self.polling.set()
+        try:
+            response = self.sqs.receive_message(
+                QueueUrl=self.queue_url,
+                MaxNumberOfMessages=1,
+                WaitTimeSeconds=wait,
+                VisibilityTimeout=self.settings.visibility_seconds,
+                MessageSystemAttributeNames=["ApproximateReceiveCount"],
+            )
+        finally:
+            self.polling.clear()
+        return response.get("Messages", [])
+
+    def handle(self, message: dict[str, Any]) -> None:
+        """Work on one message and settle it; never raises for anything the file did."""
+        lease = Lease(self.sqs, self.queue_url, message["ReceiptHandle"])
+        receives = int(message.get("Attributes", {}).get("ApproximateReceiveCount", 1))
+        if self.stopping.is_set():
+            lease.release()
+            return
+        try:
+            job = batch.parse_message(message.get("Body", ""))
+        except batch.InvalidMessage as exc:
+            log_event(logging.WARNING, "invalid_message", reason=str(exc), body=_short(message))
+            lease.delete()
+            return
+        bundle = self.store.current
+        if bundle is None:
+            lease.release()
+            return
+        log_event(logging.INFO, "file_started", key=job.key, bucket=job.bucket, receives=receives)
+        with Heartbeat(lease, self.settings.visibility_seconds, self.stopping):
+            outcome = self.attempt(job, bundle)
+        self._settle(lease, outcome, receives)
+        log_event(
+            logging.ERROR if outcome.action is Action.KEEP else logging.INFO,
+            "file",
+            key=job.key,
+            bucket=job.bucket,
+            status=outcome.status,
+            rows=outcome.rows,
+            seconds=round(outcome.seconds, 3),
+            output_key=outcome.output_key,
+            model_version=bundle.version,
+            receives=receives,
+            error=outcome.error,
+            reason=outcome.message,
+            **{
+                f"{name}_seconds": round(value, 3) for name, value in (outcome.phases or {}).items()
+            },
+            **({"traceback": outcome.trace} if outcome.trace else {}),
+        )
+
+    def _settle(self, lease: Lease, outcome: Outcome, receives: int) -> None:
+        if outcome.action is Action.DELETE:
+            lease.delete()
+        elif outcome.action is Action.RELEASE:
+            lease.release()
+        elif outcome.action is Action.RETRY_SOON:
+            lease.change(batch.retry_delay(receives, self.settings.visibility_seconds))
+
+    def attempt(self, job: JobMessage, bundle: Bundle) -> Outcome:
+        """Transform one file; every exception becomes an Outcome (and a report if due)."""
+        started = time.monotonic()
+        fmt = file_format(job.key)
+        try:
+            if job.etag is None:
+                job = job.with_etag(self._current_etag(job))
+            return self._transform(job, bundle, fmt, started)
+        except Exception as exc:
+            failure = batch.classify(exc, job, _format_name(fmt))
+            outcome = Outcome(
+                status=failure.status,
+                action=failure.action,
+                seconds=time.monotonic() - started,
+                error=failure.error,
+                message=failure.message,
+                trace=traceback.format_exc() if failure.action is Action.KEEP else None,
+            )
+            if failure.write_report:
+                return self._report_failure(job, bundle, outcome)
+            return outcome
+
+    def _transform(self, job: JobMessage, bundle: Bundle, fmt: Any, started: float) -> Outcome:
+        out_key = batch.output_key(
+            self.settings.output_prefix,
+            bundle.name,
+            bundle.version,
+            job.key,
+            self.settings.output_format,
+        )
+        if batch.already_done(self._output_metadata(out_key), job, bundle.version):
+            return Outcome(
+                "skipped",
+                Action.DELETE,
+                time.monotonic() - started,
+                out_key,
+                message="output exists for this input ETag and model version",
+            )
+        if fmt is None:
+            raise UnsupportedMediaType(f"unknown file type; name input files {SUPPORTED_NAMES}")
+        phases: dict[str, float] = {}
+        with tempfile.TemporaryDirectory(prefix="batch-worker-") as folder:
+            source = os.path.join(folder, "input")
+            target = os.path.join(folder, "output")
+            with timed(phases, "download"):
+                self._download(job, source)
+            with timed(phases, "predict"):
+                rows = transform_file(
+                    source,
+                    fmt,
+                    target,
+                    bundle,
+                    self.settings.output_format,
+                    self.settings.batch_rows,
+                    join_input=self.settings.join_input,
+                    should_stop=self.stopping.is_set,
+                )
+            self._stop_check()
+            metadata = batch.output_metadata(job, bundle.name, bundle.version, rows)
+            with timed(phases, "upload"):
+                self._upload(target, out_key, metadata)
+        report = batch.make_report(
+            job,
+            status=batch.SUCCEEDED,
+            seconds=time.monotonic() - started,
+            model_name=bundle.name,
+            model_version=bundle.version,
+            output_bucket=self.settings.output_bucket,
+            output_key=out_key,
+            rows=rows,
+        )
+        self._put_report(report)
+        return Outcome(batch.SUCCEEDED, Action.DELETE, report.seconds, out_key, rows, phases=phases)
+
+    def _report_failure(self, job: JobMessage, bundle: Bundle, outcome: Outcome) -> Outcome:
+        """Record the failure; a failure that cannot be recorded is not final either."""
+        report = batch.make_report(
+            job,
+            status=batch.FAILED,
+            seconds=outcome.seconds,
+            model_name=bundle.name,
+            model_version=bundle.version,
+            text=outcome.message,
+            error=outcome.error,
+        )
+        try:
+            self._put_report(report)
+        except Exception as exc:
+            if outcome.action is not Action.DELETE:
+                return outcome
+            transient = batch.is_transient(exc)
+            return replace(
+                outcome,
+                status="retry" if transient else "error",
+                action=Action.RETRY_SOON if transient else Action.KEEP,
+                message=f"{outcome.message}; the report could not be written: {exc}",
+            )
+        return outcome
+
+    def _current_etag(self, job: JobMessage) -> str:
+        try:
+            head = self.s3.head_object(Bucket=job.bucket, Key=job.key, **_version(job))
+        except ClientError as exc:
+            raise batch.input_error(exc) from exc
+        return batch.normalize_etag(head["ETag"]) or ""
+
+    def _output_metadata(self, key: str) -> dict[str, str] | None:
+        try:
+            head = self.s3.head_object(Bucket=self.settings.output_bucket, Key=key)
+        except ClientError as exc:
+            if batch.error_code(exc) in {"404", "NoSuchKey", "NotFound"}:
+                return None
+            raise
+        return head.get("Metadata", {})
+
+    def _download(self, job: JobMessage, path: str) -> None:
+        """Stream exactly the version the event announced to local disk, in bounded memory.
+
+        One GET with If-Match (and VersionId when known): a replaced object fails the
+        condition instead of being read. A connection that breaks mid-stream resumes with a
+        Range request under the same condition.
+        """
+        assert job.etag is not None
+        request = {
+            "Bucket": job.bucket,
+            "Key": job.key,
+            "IfMatch": batch.quoted_etag(job.etag),
+            **_version(job),
+        }
+        written, size, failures = 0, None, 0
+        with open(path, "wb") as out:
+            while size is None or written < size:
+                resume = {"Range": f"bytes={written}-"} if written else {}
+                try:
+                    response = self.s3.get_object(**request, **resume)
+                except ClientError as exc:
+                    raise batch.input_error(exc) from exc
+                if size is None:
+                    size = response["ContentLength"]
+                elif "ContentRange" not in response:
+                    out.seek(0)
+                    out.truncate()
+                    written = 0
+                try:
+                    written += self._copy_body(response["Body"], out)
+                    problem = None if written >= size else f"stream ended at byte {written}"
+                except STREAM_ERRORS as exc:
+                    written = out.tell()
+                    problem = str(exc)
+                if problem is not None:
+                    failures += 1
+                    if failures >= STREAM_ATTEMPTS:
+                        raise IncompleteReadError(actual_bytes=written, expected_bytes=size)
+                    log_event(logging.WARNING, "download_resumed", key=job.key, error=problem)
+
+    def _copy_body(self, body: Any, out: Any) -> int:
+        copied = 0
+        with contextlib.closing(body):
+            for chunk in body.iter_chunks(MB):
+                out.write(chunk)
+                copied += len(chunk)
+                if self.stopping.is_set():
+                    raise batch.Aborted("stopped during the download")
+        return copied
+
+    def _upload(self, path: str, key: str, metadata: dict[str, str]) -> None:
+        extra = {
+            "Metadata": metadata,
+            "ContentType": batch.OUTPUT_CONTENT_TYPES[self.settings.output_format],
+        }
+        done = Finished()
+        future = self.transfers.upload(
+            path, self.settings.output_bucket, key, extra_args=extra, subscribers=[done]
+        )
+        self._wait(future, done.event)
+
+    def _put_report(self, report: Report) -> None:
+        self.s3.put_object(
+            Bucket=self.settings.output_bucket,
+            Key=batch.report_key(self.settings.output_prefix, report.input_key),
+            Body=report.to_json(),
+            ContentType="application/json",
+        )
+
+    def _wait(self, future: Any, done: threading.Event) -> Any:
+        """Wait for a transfer, cancelling it when the worker is told to stop."""
+        while not done.wait(STOP_CHECK_SECONDS):
+            if self.stopping.is_set():
+                future.cancel()
+                with contextlib.suppress(Exception):
+                    future.result()
+                raise batch.Aborted("stopped during a transfer")
+        return future.result()
+
+    def _stop_check(self) -> None:
+        if self.stopping.is_set():
+            raise batch.Aborted("stopped before the upload")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one file: for the log line and the fate of its message."""
+
+    status: str
+    action: Action
+    seconds: float
+    output_key: str | None = None
+    rows: int | None = None
+    error: str | None = None
+    message: str | None = None
+    trace: str | None = None
+    phases: dict[str, float] | None = None
+
+
+@contextlib.contextmanager
+def timed(phases: dict[str, float], name: str) -> Iterator[None]:
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        phases[name] = time.monotonic() - started
+
+
+def transform_file(
+    source: str,
+    fmt: Any,
+    target: str,
+    bundle: Bundle,
+    output_format: str,
+    batch_rows: int,
+    *,
+    join_input: bool = False,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> int:
+    """Predict every row of a local file into a local file, batch by batch; rows written."""
+    rows = 0
+    with BatchWriter(target, output_format) as writer:
+        for frame in iter_batches(source, fmt, batch_rows, bundle.columns):
+            if should_stop():
+                raise batch.Aborted("stopped between batches")
+            predictions = predict(bundle, frame)
+            writer.write(join_columns(frame, predictions, bundle) if join_input else predictions)
+            rows += len(predictions)
+    if rows == 0:
+        raise InvalidData("the file has no data rows: it needs a header and at least one row")
+    return rows
+
+
+def join_columns(frame: pd.DataFrame, predictions: pd.DataFrame, bundle: Bundle) -> pd.DataFrame:
+    """The input columns with the prediction appended (SageMaker's JoinSource=Input)."""
+    return frame.assign(**{bundle.output_column: predictions[bundle.output_column].to_numpy()})
+
+
+class Finished(BaseSubscriber):
+    """Sets an event when a transfer ends, so waiting for it needs no polling."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def on_done(self, future: Any, **kwargs: Any) -> None:
+        self.event.set()
+
+
+class Lease:
+    """A received message's receipt handle and the visibility calls made with it."""
+
+    def __init__(self, sqs: Any, queue_url: str, receipt_handle: str) -> None:
+        self.sqs = sqs
+        self.queue_url = queue_url
+        self.receipt_handle = receipt_handle
+        self.released = False
+        self._lock = threading.Lock()
+
+    def change(self, seconds: int) -> bool:
+        try:
+            self.sqs.change_message_visibility(
+                QueueUrl=self.queue_url,
+                ReceiptHandle=self.receipt_handle,
+                VisibilityTimeout=seconds,
+            )
+        except Exception as exc:
+            log_event(logging.WARNING, "visibility_failed", seconds=seconds, error=str(exc))
+            return False
+        return True
+
+    def release(self) -> None:
+        """Make the message visible now, once, so another worker takes it at once."""
+        with self._lock:
+            if not self.released:
+                self.released = self.change(0)
+
+    def delete(self) -> bool:
+        """Finish the message; if SQS cannot be reached it is redelivered, and the output's
+        metadata makes that second delivery a no-op."""
+        try:
+            self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=self.receipt_handle)
+        except Exception as exc:
+            log_event(logging.WARNING, "delete_failed", error=str(exc))
+            return False
+        return True
+
+
+class Heartbeat:
+    """Extends the message's visibility every third of it while the file is in work."""
+
+    def __init__(self, lease: Lease, visibility_seconds: int, stopping: threading.Event) -> None:
+        self.lease = lease
+        self.visibility_seconds = visibility_seconds
+        self.interval = max(0.5, visibility_seconds / 3)
+        self.stopping = stopping
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        next_beat = time.monotonic() + self.interval
+        while not self._done.wait(STOP_CHECK_SECONDS):
+            if self.stopping.is_set():
+                self.lease.release()
+                return
+            if time.monotonic() >= next_beat:
+                self.lease.change(self.visibility_seconds)
+                next_beat = time.monotonic() + self.interval
+
+
+class StopPolling(BaseException):
+    """Raised by the stop handler to cut an idle long poll short (no message is lost:
+    none has been received yet)."""
+
+
+def install_stop_handlers(
+    stopping: threading.Event, polling: threading.Event | None = None
+) -> Callable[[], None]:
+    """SIGTERM (ECS stop, Spot reclaim) and SIGINT set `stopping`; returns the undo.
+
+    While the worker only waits in a long poll (`polling` set), the handler also
+    interrupts that wait, so an idle worker stops at once instead of after WAIT_SECONDS.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+        if polling is not None and polling.is_set():
+            raise StopPolling
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    return restore
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with the structured fields passed in ``extra``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def configure_logging(level: str) -> None:
+    """JSON lines on stderr (CloudWatch keeps one event per line, and jq reads them)."""
+    root = logging.getLogger()
+    root.setLevel(level)
+    if not any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+        root.handlers = [handler]
+    for noisy in ("botocore", "boto3", "s3transfer", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+def log_event(level: int, event: str, **fields: Any) -> None:
+    log.log(level, event, extra={"fields": {"event": event, **fields}})
+
+
+def _version(job: JobMessage) -> dict[str, str]:
+    return {"VersionId": job.version_id} if job.version_id else {}
+
+
+def _format_name(fmt: Any) -> str | None:
+    if fmt is None:
+        return None
+    return str(getattr(fmt, "name", fmt))
+
+
+def _short(message: dict[str, Any], limit: int = 300) -> str:
+    body = str(message.get("Body", ""))
+    return body if len(body) <= limit else body[:limit] + "..."
