@@ -73,7 +73,7 @@ class LocalCloud:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:  # noqa: S310
+                with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:  # noqa: S310  # nosec B310
                     if response.status == 200:
                         return True
             except (urllib.error.URLError, OSError):

@@ -181,7 +181,7 @@ def _ask_endpoint(endpoint: str, body: bytes) -> pd.DataFrame:
         headers={"Content-Type": PARQUET, "Accept": JSON},
         method="POST",
     )
-    with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
+    with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310  # nosec B310
         return pd.DataFrame(json.loads(response.read())["predictions"])
 
 

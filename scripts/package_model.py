@@ -24,7 +24,7 @@ from service.artifacts import write_bundle
 
 
 def read_columns(data: bytes) -> list[str]:
-    columns = pickle.loads(data)  # noqa: S301 - the user's own file, packaged on their request
+    columns = pickle.loads(data)  # noqa: S301 - the user's own file, packaged on their request  # nosec B301
     names = [str(c) for c in (columns.tolist() if hasattr(columns, "tolist") else list(columns))]
     if not names:
         raise SystemExit("the columns pickle holds no column names")
@@ -33,7 +33,7 @@ def read_columns(data: bytes) -> list[str]:
 
 def read_means(data: bytes, columns: list[str]) -> dict[str, float]:
     """Means as the original kept them: a dict/Series by name, or an array in column order."""
-    means: Any = pickle.loads(data)  # noqa: S301 - the user's own file
+    means: Any = pickle.loads(data)  # noqa: S301 - the user's own file  # nosec B301
     if hasattr(means, "to_dict"):
         means = means.to_dict()
     if isinstance(means, dict):

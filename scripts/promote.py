@@ -111,7 +111,7 @@ def load_template(path: Path) -> dict[str, Any]:
     try:
         if project_loader is not None:
             return project_loader(path)
-        document = yaml.load(path.read_text(), Loader=_TemplateLoader)  # noqa: S506 - SafeLoader
+        document = yaml.load(path.read_text(), Loader=_TemplateLoader)  # noqa: S506 - SafeLoader  # nosec B506
     except (TemplateError, yaml.YAMLError) as error:
         raise PromoteError(f"cannot read the template {path}: {error}") from error
     if not isinstance(document, dict):
@@ -675,7 +675,7 @@ def ping(url: str, timeout: float, pacing: Pacing) -> None:
     last = ""
     while True:
         try:
-            with urllib.request.urlopen(target, timeout=10) as answer:  # noqa: S310 - stack output
+            with urllib.request.urlopen(target, timeout=10) as answer:  # noqa: S310 - stack output  # nosec B310
                 print(f"smoke test: GET {target} -> {answer.status}")
                 return
         except (urllib.error.URLError, OSError) as error:

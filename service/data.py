@@ -30,9 +30,11 @@ def prepare_data(frame: pd.DataFrame, bundle: Bundle) -> np.ndarray:
         features = np.where(missing, means, features)
     if bundle.scaler is None:
         return features
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), np.errstate(over="ignore", invalid="ignore"):
         warnings.filterwarnings("ignore", message="X does not have valid feature names")
-        return bundle.scaler.transform(features)
+        scaled = bundle.scaler.transform(features)
+    _reject_overflow(scaled, bundle.columns)
+    return scaled
 
 
 def require_columns(frame: pd.DataFrame, columns: tuple[str, ...] | list[str]) -> None:
@@ -44,6 +46,16 @@ def require_columns(frame: pd.DataFrame, columns: tuple[str, ...] | list[str]) -
             f" and {len(missing) - 20} more" if len(missing) > 20 else ""
         )
         raise InvalidData(f"missing columns: {shown}. Every row needs these columns.")
+    if not frame.columns.is_unique:
+        wanted = set(columns)
+        repeated = sorted(
+            {str(c) for c in frame.columns[frame.columns.duplicated()] if c in wanted}
+        )
+        if repeated:
+            raise InvalidData(
+                f"duplicate columns: {', '.join(repeated)}. Send each column once, so it is "
+                "clear which values the model should use."
+            )
 
 
 def _feature_matrix(frame: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
@@ -102,4 +114,15 @@ def _reject_infinities(features: np.ndarray, columns: tuple[str, ...]) -> None:
         raise InvalidData(
             f"columns {', '.join(names)} hold infinite values: send finite numbers "
             "(or leave the value empty to use the training mean)"
+        )
+
+
+def _reject_overflow(scaled: np.ndarray, columns: tuple[str, ...]) -> None:
+    """A finite value can still overflow float64 once the scaler divides it by a small spread."""
+    overflowing = ~np.isfinite(np.asarray(scaled, dtype=np.float64))
+    if overflowing.any():
+        names = [columns[i] for i in np.flatnonzero(overflowing.any(axis=0))]
+        raise InvalidData(
+            f"columns {', '.join(names)} hold values too large for the model (they overflow "
+            "once scaled): send values of the size the model was trained on"
         )

@@ -10,6 +10,7 @@ import csv
 import functools
 import gzip
 import io
+import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -46,12 +47,38 @@ JSON_SHAPES_HELP = (
 
 def _arrow_reason(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:300]
+    return "".join(c if c.isprintable() else "?" for c in text[:300])
+
+
+PARQUET_MAGIC = b"PAR1"
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _is_parquet(head: bytes, tail: bytes) -> bool:
+    return head.startswith(PARQUET_MAGIC) and tail.endswith(PARQUET_MAGIC)
+
+
+def _refuse_binary(body: bytes, kind: str) -> None:
+    """Parquet or gzip bytes sent as text: name what they are instead of a parse error."""
+    head = body[:4]
+    if _is_parquet(head, body[-4:]):
+        raise MalformedBody(f"the body is a parquet file, not {kind}: send it as {PARQUET}")
+    if head.startswith(GZIP_MAGIC):
+        raise MalformedBody(f"the body is gzip-compressed: send the {kind} uncompressed")
+
+
+def _frame(data: pa.Table | pa.RecordBatch) -> pd.DataFrame:
+    """pandas' metadata in a parquet file only restores an index and dtypes: when it is
+    damaged, read the columns without it."""
+    try:
+        return data.to_pandas()
+    except (KeyError, TypeError, IndexError, ValueError):
+        return data.to_pandas(ignore_metadata=True)
 
 
 def decode_parquet(body: bytes) -> pd.DataFrame:
     try:
-        return pq.read_table(pa.BufferReader(body)).to_pandas()
+        return _frame(pq.read_table(pa.BufferReader(body)))
     except ARROW_ERRORS as exc:
         raise MalformedBody(
             f"the data is not a readable parquet file ({_arrow_reason(exc)})"
@@ -59,6 +86,7 @@ def decode_parquet(body: bytes) -> pd.DataFrame:
 
 
 def decode_csv(body: bytes) -> pd.DataFrame:
+    _refuse_binary(body, "CSV")
     try:
         table = pacsv.read_csv(pa.BufferReader(body))
     except ARROW_ERRORS as exc:
@@ -80,8 +108,10 @@ def _csv_frame(data: pa.Table | pa.RecordBatch) -> pd.DataFrame:
         raise MalformedBody("the CSV header is not UTF-8 text: save the CSV as UTF-8") from None
 
 
-def _csv_problem(exc: BaseException, names: list[str] | None = None) -> str:
+def _csv_problem(exc: BaseException, names: list[str] | None = None, block: int = 0) -> str:
     reason = _arrow_reason(exc)
+    if "straddl" in reason:
+        return _row_too_long(block)
     if "utf8" in reason.lower().replace("-", ""):
         return f"the CSV is not UTF-8 text ({reason}): save it as UTF-8"
     match = re.search(r"CSV column #(\d+)", reason)
@@ -145,7 +175,16 @@ def _records(value: Any, where: str) -> pd.DataFrame:
     return pd.DataFrame.from_records(value) if value else pd.DataFrame()
 
 
+def _row_too_long(block: int) -> str:
+    return (
+        f"a row is longer than {block >> 20} MB, the most read at once: keep each row under "
+        "that (move very long text out of the file), or raise BATCH_ROWS (the block is "
+        "BATCH_ROWS x 256 bytes, at most 64 MB)"
+    )
+
+
 def decode_jsonlines(body: bytes) -> pd.DataFrame:
+    _refuse_binary(body, "JSON Lines")
     rows = []
     for number, line in enumerate(body.splitlines(), start=1):
         if not line.strip():
@@ -307,7 +346,28 @@ def iter_batches(
     guessed from the first block cannot clash with a later one.
     """
     readers = {"parquet": _parquet_batches, "csv": _csv_batches, "jsonl": _jsonl_batches}
+    _check_content(path, fmt)
     yield from readers[fmt.name](path, fmt, batch_rows, numeric_columns)
+
+
+def _check_content(path: str, fmt: FileFormat) -> None:
+    """A file whose bytes are not what its name says: say so, and how to name it."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+        if not head:
+            return
+        handle.seek(-min(4, len(head)), os.SEEK_END)
+        tail = handle.read(4)
+    gzipped = head.startswith(GZIP_MAGIC)
+    if fmt.gzip and not gzipped:
+        raise MalformedBody(
+            "the file is named .gz but is not gzip-compressed: drop .gz from its name or "
+            "compress it"
+        )
+    if gzipped and not fmt.gzip:
+        raise MalformedBody(f"the file is gzip-compressed: name it *.{fmt.name}.gz")
+    if _is_parquet(head, tail) and fmt.name != "parquet":
+        raise MalformedBody(f"the file is a parquet file, not {fmt.name}: name it *.parquet")
 
 
 def _parquet_batches(
@@ -317,7 +377,7 @@ def _parquet_batches(
         # pre_buffer=False: pre-buffering keeps every row group read so far in memory.
         batches = pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=batch_rows)
         for batch in batches:
-            yield batch.to_pandas()
+            yield _frame(batch)
     except ARROW_ERRORS as exc:
         raise MalformedBody(
             f"the file is not a readable parquet file ({_arrow_reason(exc)})"
@@ -348,7 +408,7 @@ def _csv_batches(
             for batch in reader:
                 yield _csv_frame(batch)
     except ARROW_ERRORS as exc:
-        raise MalformedBody(_csv_problem(exc, names)) from None
+        raise MalformedBody(_csv_problem(exc, names, _block_size(batch_rows))) from None
 
 
 def _csv_header(path: str, fmt: FileFormat) -> list[str]:
@@ -378,8 +438,11 @@ def _jsonl_batches(
             for batch in reader:
                 yield _in_file_order(batch.to_pandas(), first_keys)
     except ARROW_ERRORS as exc:
+        reason = _arrow_reason(exc)
+        if "straddl" in reason:
+            raise MalformedBody(_row_too_long(_block_size(batch_rows))) from None
         raise MalformedBody(
-            f"the file is not readable JSON Lines, one object per line ({_arrow_reason(exc)})"
+            f"the file is not readable JSON Lines, one object per line ({reason})"
         ) from None
 
 

@@ -18,7 +18,11 @@ ERROR_STATUSES = {
     "405": ("The route does not accept this method.", ["method_not_allowed"]),
     "406": ("The server cannot answer in any type the Accept header allows.", ["not_acceptable"]),
     "413": ("The body is larger than MAX_REQUEST_MB.", ["payload_too_large"]),
-    "415": ("The Content-Type is not one the server reads.", ["unsupported_media_type"]),
+    "415": (
+        "The Content-Type is not one the server reads, or the body has a Content-Encoding "
+        "(send it uncompressed).",
+        ["unsupported_media_type"],
+    ),
     "422": (
         "Readable input the model cannot use: missing columns (listed), non-numeric or "
         "infinite values, no rows.",

@@ -30,6 +30,7 @@ from service.errors import (
     PayloadTooLarge,
     ServiceError,
     Unauthorized,
+    UnsupportedMediaType,
 )
 from service.model import predict
 
@@ -206,6 +207,7 @@ class App:
         if bundle is None:
             raise self._no_model()
         answer_type = formats.negotiate(environ.get("HTTP_ACCEPT"))
+        _refuse_content_encoding(environ.get("HTTP_CONTENT_ENCODING"))
         body = self.read_body(environ)
         frame = formats.decode(body, environ.get("CONTENT_TYPE"))
         result = predict(bundle, frame)
@@ -276,6 +278,14 @@ class App:
         body = self.metrics.render()
         headers = [("Content-Type", metrics.CONTENT_TYPE), ("Content-Length", str(len(body)))]
         return Response(200, headers, body)
+
+
+def _refuse_content_encoding(encoding: str | None) -> None:
+    """A compressed body would reach the decoders as garbage: say so instead (RFC 7694)."""
+    if encoding and encoding.strip().lower() not in ("", "identity"):
+        raise UnsupportedMediaType(
+            f"Content-Encoding {encoding!r} is not supported: send the body uncompressed"
+        )
 
 
 def _header_text(value: str) -> str:
