@@ -1,6 +1,7 @@
-"""Fixtures for the batch worker's integration tests: a real moto server on 127.0.0.1,
-per-test buckets and queues (with a dead-letter queue), a model bundle written by
-scripts/train_example.py, and workers run as `python -m service worker` subprocesses."""
+"""Fixtures for the batch worker's integration tests: real AWS emulators on 127.0.0.1 (moto,
+or LocalStack for S3 and SQS: tests/backends.py), per-test buckets and queues (with a
+dead-letter queue), a model bundle written by scripts/train_example.py, and workers run as
+`python -m service worker` subprocesses."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ import gzip
 import importlib.util
 import io
 import json
-import logging
-import os
 import signal
 import subprocess
 import sys
@@ -21,14 +20,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pandas as pd
 import pytest
-from moto.server import ThreadedMotoServer
+
+from tests.backends import Backend, backend_for_tests
 
 REPO = Path(__file__).resolve().parent.parent
-REGION = "us-east-1"
-CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
@@ -55,32 +52,43 @@ def load_script(name: str) -> Any:
     return module
 
 
+STACK_SECONDS = 60
+
+
 @dataclass
 class Cloud:
-    """A moto server and clients bound to it."""
+    """Clients bound to the test backend (moto, or LocalStack for S3, SQS and CloudFormation).
 
-    endpoint: str
+    CreateStack returns once the stack is complete, as moto's does: LocalStack (like AWS)
+    creates stacks in the background, and tests read a new stack's outputs at once.
+    """
+
+    backend: Backend
 
     def __post_init__(self) -> None:
-        session = boto3.session.Session(region_name=REGION, **CREDENTIALS)
-        self.s3 = session.client("s3", endpoint_url=self.endpoint)
-        self.sqs = session.client("sqs", endpoint_url=self.endpoint)
-        self.cloudformation = session.client("cloudformation", endpoint_url=self.endpoint)
+        self.s3 = self.backend.client("s3")
+        self.sqs = self.backend.client("sqs")
+        self.cloudformation = self.backend.client("cloudformation")
+        self.cloudformation.meta.events.register(
+            "after-call.cloudformation.CreateStack", self._wait_for_stack
+        )
+
+    def _wait_for_stack(self, parsed: dict[str, Any], **_: Any) -> None:
+        stack_id = parsed.get("StackId")
+        if not stack_id:
+            return
+
+        def finished() -> bool:
+            [stack] = self.cloudformation.describe_stacks(StackName=stack_id)["Stacks"]
+            return not stack["StackStatus"].endswith("_IN_PROGRESS")
+
+        wait_for(finished, STACK_SECONDS, f"stack {stack_id} to be created", interval=0.2)
 
     @property
     def env(self) -> dict[str, str]:
-        """Environment for a subprocess that talks to this server and nothing else."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-        env.update(
-            AWS_ENDPOINT_URL=self.endpoint,
-            AWS_ACCESS_KEY_ID="testing",
-            AWS_SECRET_ACCESS_KEY="testing",
-            AWS_DEFAULT_REGION=REGION,
-            AWS_REGION=REGION,
-            AWS_EC2_METADATA_DISABLED="true",
-            PYTHONPATH=str(REPO),
-            PYTHONUNBUFFERED="1",
-        )
+        """Environment for a subprocess that talks to the backend and nothing else."""
+        env = self.backend.env()
+        env.update(PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
         return env
 
     def queue_attributes(self, url: str) -> dict[str, int]:
@@ -256,14 +264,9 @@ class WorkerProcess:
 
 @pytest.fixture(scope="module")
 def cloud() -> Iterator[Cloud]:
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        yield Cloud(f"http://{host}:{port}")
-    finally:
-        server.stop()
+    """The backend tests/backends.py chooses from TEST_AWS_BACKEND, for one test module."""
+    with backend_for_tests() as backend:
+        yield Cloud(backend)
 
 
 @pytest.fixture(scope="module")
