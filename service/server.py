@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 DRAIN_SECONDS = 20.0
 KILL_AFTER_SECONDS = 25.0
 TICK_SECONDS = 0.2
+QUEUE_LOG_SECONDS = 10.0
 RESTART_BACKOFF_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 STABLE_SECONDS = 30.0
 CONNECTION_LIMIT = 1000
@@ -148,11 +149,19 @@ class ProcessServer:
         self.server.accepting = True
 
     def serve(self, tick: Callable[[], None]) -> None:
-        """Answer requests until `stop` is called (from a signal handler or `tick`)."""
+        """Answer requests until `stop` is called (from a signal handler or `tick`).
+
+        Under load poll2 returns for every socket event; `tick` still runs only every
+        TICK_SECONDS, so its checks cost nothing per request.
+        """
         channels = self.server._map
+        next_tick = 0.0
         while not self.stopping:
             wasyncore.poll2(TICK_SECONDS, channels)
-            tick()
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + TICK_SECONDS
+                tick()
 
     def stop(self, *_: object) -> None:
         self.stopping = True
@@ -176,6 +185,30 @@ class ProcessServer:
         return finished
 
 
+class QueueDepthSummary(logging.Filter):
+    """waitress warns "Task queue depth is N" for every request that waits for a free
+    thread: under load, a log line per request, written while the dispatcher's lock is
+    held. Let one through per interval and count the others in it."""
+
+    def __init__(self, interval: float = QUEUE_LOG_SECONDS) -> None:
+        super().__init__()
+        self.interval = interval
+        self.next_line = 0.0
+        self.suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if now < self.next_line:
+            self.suppressed += 1
+            return False
+        if self.suppressed:
+            record.msg = f"{record.msg} (and %d times more since the last such line)"
+            record.args = (*(record.args or ()), self.suppressed)
+        self.next_line = now + self.interval
+        self.suppressed = 0
+        return True
+
+
 def serve_process(
     listener: socket.socket,
     settings: ServeSettings,
@@ -193,6 +226,9 @@ def serve_process(
     store = ModelStore(settings.model_uri, settings.model_poll_seconds)
     app = create_app(store, settings, recorder)
     process = ProcessServer(app, listener, settings)
+    queue_log = logging.getLogger("waitress.queue")
+    if not any(isinstance(f, QueueDepthSummary) for f in queue_log.filters):
+        queue_log.addFilter(QueueDepthSummary())
     for number in STOP_SIGNALS:
         signal.signal(number, process.stop)
     if hasattr(signal, "pthread_sigmask"):

@@ -261,10 +261,9 @@ def test_sigterm_mid_file_exits_zero_and_hands_the_message_back(
 
     stopped_at = time.monotonic()
     first.signal(signal.SIGTERM)
-    assert first.wait(10) == 0, first.log_text()
-    assert time.monotonic() - stopped_at < 5
-    wait_for(lambda: second.events("file_started"), 5, "the second worker to take the message")
-    assert time.monotonic() - stopped_at < 10, "long before the 60 s visibility"
+    assert first.wait(15) == 0, first.log_text()
+    wait_for(lambda: second.events("file_started"), 15, "the second worker to take the message")
+    assert time.monotonic() - stopped_at < 20, "long before the 60 s visibility"
     assert not first.files("succeeded")
     assert [f["status"] for f in first.files()] == ["aborted"]
     assert list(scratch.iterdir()) == [], "temp files left behind"
@@ -287,7 +286,7 @@ def test_sigterm_while_idle_cuts_the_long_poll_short(stack, start_worker):
     started = time.monotonic()
     worker.signal(signal.SIGTERM)
     assert worker.wait(15) == 0
-    assert time.monotonic() - started < 5, "an idle worker waited out its long poll"
+    assert time.monotonic() - started < 10, "an idle worker waited out its 20 s long poll"
 
 
 def test_no_model_takes_no_message_and_exits_non_zero(cloud, stack, start_worker):
