@@ -14,6 +14,7 @@ from moto.moto_server.werkzeug_app import (
 )
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from localcloud import s3_events
 from localcloud.console import Console
 from localcloud.settings import LocalCloudSettings
 
@@ -55,6 +56,7 @@ class MotoServer:
                 fd=listener.fileno(),
             )
         self._attach_logging()
+        s3_events.patch()
         self._thread = threading.Thread(target=self._server.serve_forever, name="moto", daemon=True)
         self._thread.start()
         self._console.line("moto", f"AWS API on {self.endpoint_url}")
@@ -82,6 +84,7 @@ class MotoServer:
         if self._thread is not None:
             self._thread.join(10)
         self._detach_logging()
+        s3_events.unpatch()
         state_manager.unset_transition("ecs::task")
         self._server = self._thread = None
 

@@ -53,6 +53,7 @@ TRANSIENT_ERROR_CODES = frozenset(
         "ThrottlingException",
         "TooManyRequestsException",
         "KMS.ThrottlingException",
+        "ConditionalRequestConflict",
     }
 )
 GONE_ERROR_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NoSuchVersion", "404", "NotFound"})
@@ -85,6 +86,10 @@ class InputChanged(Exception):
 
 class Aborted(Exception):
     """The worker was asked to stop while a file was in work."""
+
+
+class OutputChanged(Exception):
+    """Another worker wrote a different output while this one worked on the file."""
 
 
 @dataclass(frozen=True)
@@ -308,6 +313,8 @@ def classify(exc: BaseException, message: JobMessage, file_format: str | None) -
     if isinstance(exc, InputChanged):
         text = f"{where} changed after this event ({exc}); the event for the new version owns it"
         return Failure("skipped", Action.DELETE, "input_changed", text, False)
+    if isinstance(exc, OutputChanged):
+        return Failure("retry", Action.RETRY_SOON, "output_changed", f"{where}: {exc}", False)
     if is_transient(exc):
         return Failure(
             "retry", Action.RETRY_SOON, "transient", f"{type(exc).__name__}: {exc}", False

@@ -42,8 +42,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
     ResponseStreamingError,
 )
-from s3transfer.manager import TransferConfig, TransferManager
-from s3transfer.subscribers import BaseSubscriber
+from s3transfer.manager import TransferConfig
 
 from service import batch
 from service.artifacts import Bundle, ModelStore
@@ -68,6 +67,7 @@ TRANSFER_CONFIG = TransferConfig(
 )
 RETRY_CONFIG = {"mode": "standard", "max_attempts": 5}
 STOP_CHECK_SECONDS = 0.1
+REPORT_GRACE_SECONDS = 5.0
 STREAM_ATTEMPTS = 5
 STREAM_ERRORS = (
     ResponseStreamingError,
@@ -152,11 +152,9 @@ class Worker:
         )
         self.s3 = session.client("s3", config=Config(retries=RETRY_CONFIG, max_pool_connections=16))
         self.queue_url = settings.job_queue_url
-        self.transfers = TransferManager(self.s3, TRANSFER_CONFIG)
 
     def close(self) -> None:
-        """Stop the upload threads (cancelling any transfer still running)."""
-        self.transfers.shutdown(cancel=True)
+        """Nothing to release: uploads run in the worker's own thread."""
 
     def run(self) -> int:
         """Long-poll until idle or stopped; one message at a time leaves the rest to others."""
@@ -282,7 +280,9 @@ class Worker:
             job.key,
             self.settings.output_format,
         )
-        if batch.already_done(self._output_metadata(out_key), job, bundle.version):
+        existing = self._output_head(out_key)
+        if batch.already_done(_metadata(existing), job, bundle.version):
+            self._keep_report(job, bundle, out_key, _metadata(existing), started)
             return Outcome(
                 "skipped",
                 Action.DELETE,
@@ -312,7 +312,19 @@ class Worker:
             self._stop_check()
             metadata = batch.output_metadata(job, bundle.name, bundle.version, rows)
             with timed(phases, "upload"):
-                self._upload(target, out_key, metadata)
+                written = self._upload(target, out_key, metadata, existing)
+            if not written:
+                if not batch.already_done(
+                    _metadata(self._output_head(out_key)), job, bundle.version
+                ):
+                    raise batch.OutputChanged("the output changed while this file was in work")
+                return Outcome(
+                    "skipped",
+                    Action.DELETE,
+                    time.monotonic() - started,
+                    out_key,
+                    message="another worker wrote the output for this input ETag meanwhile",
+                )
         report = batch.make_report(
             job,
             status=batch.SUCCEEDED,
@@ -358,29 +370,73 @@ class Worker:
             raise batch.input_error(exc) from exc
         return batch.normalize_etag(head["ETag"]) or ""
 
-    def _output_metadata(self, key: str) -> dict[str, str] | None:
+    def _output_head(self, key: str) -> dict[str, Any] | None:
         try:
-            head = self.s3.head_object(Bucket=self.settings.output_bucket, Key=key)
+            return self.s3.head_object(Bucket=self.settings.output_bucket, Key=key)
         except ClientError as exc:
             if batch.error_code(exc) in {"404", "NoSuchKey", "NotFound"}:
                 return None
             raise
-        return head.get("Metadata", {})
+
+    def _keep_report(
+        self,
+        job: JobMessage,
+        bundle: Bundle,
+        out_key: str,
+        metadata: dict[str, str],
+        started: float,
+    ) -> None:
+        """A worker that died between writing the output and its report left no report for
+        this input version: write it from the output's metadata. The writer of a fresh
+        output may be about to write its report, so wait REPORT_GRACE_SECONDS for it first."""
+        deadline = time.monotonic() + REPORT_GRACE_SECONDS
+        while not self._reported(job, bundle):
+            if time.monotonic() >= deadline:
+                rows = metadata.get(batch.META_ROWS, "")
+                restored = batch.make_report(
+                    job,
+                    status=batch.SUCCEEDED,
+                    seconds=time.monotonic() - started,
+                    model_name=bundle.name,
+                    model_version=bundle.version,
+                    output_bucket=self.settings.output_bucket,
+                    output_key=out_key,
+                    rows=int(rows) if rows.isdigit() else None,
+                )
+                self._put_report(restored)
+                log_event(logging.WARNING, "report_restored", key=job.key, output_key=out_key)
+                return
+            if self.stopping.wait(STOP_CHECK_SECONDS * 5):
+                raise batch.Aborted("stopped while waiting for the output's report")
+
+    def _reported(self, job: JobMessage, bundle: Bundle) -> bool:
+        """Whether the latest report is the success of this input version and model version."""
+        key = batch.report_key(self.settings.output_prefix, job.key)
+        try:
+            body = self.s3.get_object(Bucket=self.settings.output_bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            if batch.error_code(exc) in {"404", "NoSuchKey", "NotFound"}:
+                return False
+            raise
+        report = json.loads(body)
+        return (
+            report.get("status") == batch.SUCCEEDED
+            and batch.normalize_etag(report.get("input_etag")) == job.etag
+            and report.get("model_version") == bundle.version
+        )
 
     def _download(self, job: JobMessage, path: str) -> None:
-        """Stream exactly the version the event announced to local disk, in bounded memory.
+        """Stream the object to local disk, in bounded memory, if it still is what the event
+        announced.
 
-        One GET with If-Match (and VersionId when known): a replaced object fails the
-        condition instead of being read. A connection that breaks mid-stream resumes with a
+        One GET of the current object with If-Match on the event's ETag: an object replaced
+        since the event fails the condition instead of being read, so a late or repeated
+        event of an older version never overwrites the newer version's output (the newer
+        version's own event owns it). A connection that breaks mid-stream resumes with a
         Range request under the same condition.
         """
         assert job.etag is not None
-        request = {
-            "Bucket": job.bucket,
-            "Key": job.key,
-            "IfMatch": batch.quoted_etag(job.etag),
-            **_version(job),
-        }
+        request = {"Bucket": job.bucket, "Key": job.key, "IfMatch": batch.quoted_etag(job.etag)}
         written, size, failures = 0, None, 0
         with open(path, "wb") as out:
             while size is None or written < size:
@@ -417,16 +473,60 @@ class Worker:
                     raise batch.Aborted("stopped during the download")
         return copied
 
-    def _upload(self, path: str, key: str, metadata: dict[str, str]) -> None:
+    def _upload(
+        self, path: str, key: str, metadata: dict[str, str], replaces: dict[str, Any] | None
+    ) -> bool:
+        """Write the output only if it is still what the already-done check saw (none, or
+        the object with that ETag): of two workers with copies of one event, one writes.
+        False when another worker's write came first."""
         extra = {
             "Metadata": metadata,
             "ContentType": batch.OUTPUT_CONTENT_TYPES[self.settings.output_format],
         }
-        done = Finished()
-        future = self.transfers.upload(
-            path, self.settings.output_bucket, key, extra_args=extra, subscribers=[done]
-        )
-        self._wait(future, done.event)
+        condition = {"IfMatch": replaces["ETag"]} if replaces else {"IfNoneMatch": "*"}
+        try:
+            if os.path.getsize(path) < TRANSFER_CONFIG.multipart_threshold:
+                with open(path, "rb") as body:
+                    self.s3.put_object(
+                        Bucket=self.settings.output_bucket, Key=key, Body=body, **extra, **condition
+                    )
+            else:
+                self._upload_parts(path, key, extra, condition)
+        except ClientError as exc:
+            if batch.error_code(exc) not in batch.CHANGED_ERROR_CODES:
+                raise
+            log_event(logging.INFO, "output_taken", output_key=key, error=batch.error_code(exc))
+            return False
+        return True
+
+    def _upload_parts(
+        self, path: str, key: str, extra: dict[str, Any], condition: dict[str, str]
+    ) -> None:
+        """A multipart upload whose completion carries the write condition (s3transfer does
+        not pass conditions on)."""
+        bucket = self.settings.output_bucket
+        upload_id = self.s3.create_multipart_upload(Bucket=bucket, Key=key, **extra)["UploadId"]
+        try:
+            parts = []
+            with open(path, "rb") as body:
+                while chunk := body.read(TRANSFER_CONFIG.multipart_chunksize):
+                    self._stop_check()
+                    number = len(parts) + 1
+                    part = self.s3.upload_part(
+                        Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk
+                    )
+                    parts.append({"PartNumber": number, "ETag": part["ETag"]})
+            self.s3.complete_multipart_upload(
+                Bucket=bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+                **condition,
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+            raise
 
     def _put_report(self, report: Report) -> None:
         self.s3.put_object(
@@ -435,16 +535,6 @@ class Worker:
             Body=report.to_json(),
             ContentType="application/json",
         )
-
-    def _wait(self, future: Any, done: threading.Event) -> Any:
-        """Wait for a transfer, cancelling it when the worker is told to stop."""
-        while not done.wait(STOP_CHECK_SECONDS):
-            if self.stopping.is_set():
-                future.cancel()
-                with contextlib.suppress(Exception):
-                    future.result()
-                raise batch.Aborted("stopped during a transfer")
-        return future.result()
 
     def _stop_check(self) -> None:
         if self.stopping.is_set():
@@ -503,16 +593,6 @@ def transform_file(
 def join_columns(frame: pd.DataFrame, predictions: pd.DataFrame, bundle: Bundle) -> pd.DataFrame:
     """The input columns with the prediction appended (SageMaker's JoinSource=Input)."""
     return frame.assign(**{bundle.output_column: predictions[bundle.output_column].to_numpy()})
-
-
-class Finished(BaseSubscriber):
-    """Sets an event when a transfer ends, so waiting for it needs no polling."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-
-    def on_done(self, future: Any, **kwargs: Any) -> None:
-        self.event.set()
 
 
 class Lease:
@@ -644,6 +724,10 @@ def configure_logging(level: str) -> None:
 
 def log_event(level: int, event: str, **fields: Any) -> None:
     log.log(level, event, extra={"fields": {"event": event, **fields}})
+
+
+def _metadata(head: dict[str, Any] | None) -> dict[str, str] | None:
+    return None if head is None else head.get("Metadata", {})
 
 
 def _version(job: JobMessage) -> dict[str, str]:
