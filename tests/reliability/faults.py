@@ -1,0 +1,395 @@
+"""Faults injected into a running ``python -m localcloud up``, from outside, as an operator would.
+
+Processes are found in the cloud's process tree (tests/e2e/cloud_process.py records it):
+batch workers by their command line (``-m service worker``), the endpoint by ``-m service
+serve``, a Lambda invocation by the local runtime's bootstrap script. A kill is SIGKILL: no
+handler runs, no message is handed back, nothing is flushed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote_plus
+
+import psutil
+import pytest
+
+from tests.e2e.cloud_process import (
+    ENDPOINT_COMMAND,
+    ENDPOINT_PORT,
+    ENDPOINT_PORT_OPTION,
+    REPO_ROOT,
+    WORKER_COMMAND,
+    LocalCloudProcess,
+    ProcessTree,
+    Seen,
+    port_in_use,
+    port_owner,
+)
+
+LAMBDA_BOOTSTRAP = "localcloud/bootstrap.py"
+WORKER_SCRATCH = "batch-worker-"
+TASK_STOPPED = re.compile(r"^task (\w{8}) STOPPED")
+S3_EVENT_SAMPLE = REPO_ROOT / "tests" / "events" / "s3_put_several.json"
+# Lambda's asynchronous retry delays (60 s, 120 s) times this: 3 s and 6 s.
+RETRY_SCALE = 0.05
+
+
+class FaultCloud(LocalCloudProcess):
+    """The e2e suite's local cloud with short Lambda retry delays (``--retry-scale``).
+
+    A SIGKILLed invocation is an error Lambda retries after a minute; at that pace the
+    objects of the killed event would wait longer than the whole test.
+    """
+
+    def __init__(self, work_dir: Path, parameters: dict[str, str], retry_scale: float) -> None:
+        super().__init__(work_dir, parameters)
+        self.retry_scale = retry_scale
+
+    def start(self) -> None:
+        if port_in_use(self.endpoint_port):
+            raise AssertionError(
+                f"port {self.endpoint_port} is taken by {port_owner(self.endpoint_port)}"
+            )
+        command = [
+            sys.executable,
+            "-m",
+            "localcloud",
+            "up",
+            "--port",
+            str(self.port),
+            "--state-dir",
+            str(self.work_dir / "state"),
+            "--schedule-scale",
+            str(self.schedule_scale),
+            "--retry-scale",
+            str(self.retry_scale),
+            "--params",
+            str(self.params_file),
+        ]
+        if self.endpoint_port != ENDPOINT_PORT:
+            command += [ENDPOINT_PORT_OPTION, str(self.endpoint_port)]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env.update(NO_COLOR="1", PYTHONUNBUFFERED="1")
+        self.process = subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.tree = ProcessTree(self.process.pid)
+        self.tree.start()
+        self._reader = threading.Thread(target=self._read_output, name="up-output", daemon=True)
+        self._reader.start()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+@contextlib.contextmanager
+def fault_cloud(
+    work_dir: Path, parameters: dict[str, str], retry_scale: float = RETRY_SCALE
+) -> Iterator[FaultCloud]:
+    """Start a cloud, yield it ready; stop it with SIGTERM and fail if any process remains."""
+    cloud = FaultCloud(work_dir, parameters, retry_scale)
+    try:
+        cloud.start()
+        cloud.wait_ready()
+        yield cloud
+        cloud.terminate()
+        code = cloud.wait_exit()
+        cloud.assert_nothing_left()
+        assert code == 0, f"localcloud up exited with {code}:\n{cloud.log_tail()}"
+    finally:
+        cloud.kill_everything()
+
+
+# -- finding and killing processes ---------------------------------------------------------
+
+
+def workers(cloud: LocalCloudProcess) -> list[Seen]:
+    return cloud.processes(WORKER_COMMAND)
+
+
+def lambda_invocations(cloud: LocalCloudProcess) -> list[Seen]:
+    return cloud.processes(LAMBDA_BOOTSTRAP)
+
+
+def endpoint_parent(cloud: LocalCloudProcess) -> Seen:
+    """The ``python -m service serve`` process the agent started (its server processes are
+    its children and share its command line)."""
+    serving = cloud.processes(ENDPOINT_COMMAND)
+    pids = {seen.pid for seen in serving}
+    parents = []
+    for seen in serving:
+        with contextlib.suppress(psutil.Error):
+            if psutil.Process(seen.pid).ppid() not in pids:
+                parents.append(seen)
+    assert len(parents) == 1, f"expected one endpoint parent, found {parents}"
+    return parents[0]
+
+
+def sigkill(seen: Seen) -> bool:
+    """SIGKILL the process if it is still the one recorded (a PID may be reused)."""
+    try:
+        process = psutil.Process(seen.pid)
+        if abs(process.create_time() - seen.created) > 0.01:
+            return False
+        process.send_signal(signal.SIGKILL)
+    except psutil.NoSuchProcess:
+        return False
+    return True
+
+
+def busy(seen: Seen) -> bool:
+    """Whether a worker has a file in work: it holds one open in its scratch folder
+    (service/worker.py stages each input and output in a ``batch-worker-*`` folder)."""
+    with contextlib.suppress(psutil.Error):
+        return any(WORKER_SCRATCH in f.path for f in psutil.Process(seen.pid).open_files())
+    return False
+
+
+@dataclass(frozen=True)
+class Kill:
+    """One SIGKILL the injector sent: when (seconds after it started), whom, and whether
+    the worker had a file in work."""
+
+    at: float
+    pid: int
+    busy: bool
+
+
+@dataclass
+class WorkerKiller:
+    """A thread that SIGKILLs a running worker ``times`` times, about every ``interval``
+    seconds (jittered, so kills do not fall into step with redeliveries): a random busy one
+    if any shows up within ``patience`` seconds, else a random one old enough to have
+    loaded the model.
+
+    It interrupts each file at most once: it holds its fire while any file in work is a
+    redelivery (the workers log ``receives`` with every ``file_started``). A file whose
+    worker dies on each of its three receives goes to the dead-letter queue by design; the
+    first version of this injector did that to two files by finding the same file busy
+    again on its next round.
+    """
+
+    cloud: LocalCloudProcess
+    times: int
+    interval: float
+    patience: float
+    min_age: float
+    seed: int = 7
+    kills: list[Kill] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __post_init__(self) -> None:
+        self._log = LogFollower(self.cloud.log_path)
+        self._in_work: dict[str, int] = {}
+
+    def __enter__(self) -> WorkerKiller:
+        self._thread = threading.Thread(target=self._run, name="worker-killer", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def done(self) -> bool:
+        return len(self.kills) >= self.times
+
+    def _run(self) -> None:
+        rng = random.Random(self.seed)
+        started = time.monotonic()
+        while not self.done() and not self._stop.wait(self.interval * rng.uniform(0.6, 1.4)):
+            try:
+                self._kill_one(rng, started)
+            except Exception as exc:  # keep injecting; the test reports what went wrong
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+
+    def _kill_one(self, rng: random.Random, started: float) -> None:
+        give_up_busy = time.monotonic() + self.patience
+        while not self._stop.is_set():
+            if self._redelivery_in_work():
+                self._stop.wait(0.01)
+                continue
+            now = time.time()
+            candidates = [s for s in workers(self.cloud) if now - s.created >= self.min_age]
+            working = [s for s in candidates if busy(s)]
+            late = time.monotonic() >= give_up_busy
+            pool = working or (candidates if late else [])
+            if pool:
+                victim = rng.choice(pool)
+                if sigkill(victim):
+                    at = time.monotonic() - started
+                    self.kills.append(Kill(round(at, 2), victim.pid, bool(working)))
+                    return
+            self._stop.wait(0.01)
+
+    def _redelivery_in_work(self) -> bool:
+        """Whether a worker is working on a file for the second time or more, by its log."""
+        for line in self._log.new_lines():
+            source, _, text = line.partition(" | ")
+            stopped = TASK_STOPPED.search(text) if source.strip() == "ecs" else None
+            if stopped:
+                self._in_work.pop(f"ecs:{stopped[1]}", None)
+            elif source.startswith("ecs:") and '"event": "file' in text:
+                with contextlib.suppress(ValueError, KeyError):
+                    entry = json.loads(text)
+                    task = source.split()[0]
+                    if entry["event"] == "file_started":
+                        self._in_work[task] = int(entry["receives"])
+                    elif entry["event"] == "file":
+                        self._in_work.pop(task, None)
+        return any(receives > 1 for receives in self._in_work.values())
+
+
+@dataclass(frozen=True)
+class InvocationKill:
+    """The Lambda invocation the injector killed; ``mid_event`` when it had queued objects
+    and not yet finished (its retry then queues them a second time)."""
+
+    request_id: str
+    mid_event: bool
+    at: float
+
+
+def kill_invocation(cloud: LocalCloudProcess, deadline: float, prefer: float) -> InvocationKill:
+    """SIGKILL a running invocation of the batch trigger, preferably (for ``prefer`` seconds)
+    one between its "queued" and "summary" log lines; fail if none runs before the deadline."""
+    follower = LogFollower(cloud.log_path)
+    queued: set[str] = set()
+    finished: set[str] = set()
+    started = time.monotonic()
+    while time.monotonic() - started < deadline:
+        for entry in json_lines(follower.new_lines(), "lambda:"):
+            if entry.get("message") == "queued":
+                queued.add(entry.get("request_id", ""))
+            elif entry.get("message") == "summary":
+                finished.add(entry.get("request_id", ""))
+        late = time.monotonic() - started >= prefer
+        for seen in lambda_invocations(cloud):
+            request_id = request_id_of(seen)
+            mid_event = request_id in queued and request_id not in finished
+            if request_id and (mid_event or late) and sigkill(seen):
+                return InvocationKill(request_id, mid_event, time.monotonic() - started)
+        time.sleep(0.005)
+    raise AssertionError(f"no Lambda invocation ran within {deadline:g} s\n{cloud.log_tail()}")
+
+
+# -- S3 events, delivered again ----------------------------------------------------------
+
+
+def s3_put_event(
+    bucket: str, key: str, etag: str, size: int, version_id: str | None, region: str
+) -> dict[str, Any]:
+    """An ``ObjectCreated:Put`` notification for one object, in AWS's documented shape
+    (tests/events/s3_put_several.json), with the key URL-encoded as S3 sends it."""
+    sample = json.loads(S3_EVENT_SAMPLE.read_text(encoding="utf-8"))
+    record = copy.deepcopy(sample["Records"][0])
+    record["awsRegion"] = region
+    record["eventTime"] = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+    record["s3"]["bucket"]["name"] = bucket
+    record["s3"]["bucket"]["arn"] = f"arn:aws:s3:::{bucket}"
+    obj = {"key": quote_plus(key, safe="/"), "size": size, "eTag": etag.strip('"')}
+    if version_id:
+        obj["versionId"] = version_id
+    obj["sequencer"] = f"{time.time_ns():016X}"
+    record["s3"]["object"] = obj
+    return {"Records": [record]}
+
+
+def deliver_again(cloud: LocalCloudProcess, event: dict[str, Any]) -> None:
+    """What S3's at-least-once delivery does now and then: invoke the trigger asynchronously
+    with the same event once more."""
+    response = cloud.client("lambda").invoke(
+        FunctionName=cloud.outputs["FunctionName"],
+        InvocationType="Event",
+        Payload=json.dumps(event).encode(),
+    )
+    assert response["StatusCode"] == 202, response
+
+
+def object_versions(s3: Any, bucket: str, prefix: str) -> dict[str, list[dict[str, Any]]]:
+    """Every version of every object under a prefix, by key (delete markers left out)."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
+        for version in page.get("Versions", []):
+            found.setdefault(version["Key"], []).append(version)
+    return found
+
+
+def retry_until(
+    attempt: Callable[[], bool], deadline: float, backoff: float = 0.05, most: float = 0.5
+) -> float:
+    """Seconds until ``attempt()`` is true, retrying with a doubling backoff; fail at the
+    deadline."""
+    started = time.monotonic()
+    pause = backoff
+    while not attempt():
+        elapsed = time.monotonic() - started
+        if elapsed >= deadline:
+            pytest.fail(f"not recovered within {deadline:g} s")
+        time.sleep(min(pause, deadline - elapsed))
+        pause = min(most, pause * 2)
+    return time.monotonic() - started
+
+
+# -- reading the cloud's console ----------------------------------------------------------
+
+
+class LogFollower:
+    """New lines of the cloud's console log since the last call (it only grows)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+        self._partial = b""
+
+    def new_lines(self) -> list[str]:
+        with self.path.open("rb") as log:
+            log.seek(self._offset)
+            data = log.read()
+        self._offset += len(data)
+        data, self._partial = self._partial + data, b""
+        lines = data.split(b"\n")
+        self._partial = lines.pop()
+        return [line.decode("utf-8", "replace") for line in lines]
+
+
+def json_lines(lines: list[str], source: str) -> list[dict[str, Any]]:
+    """The JSON log entries of one kind of process (``ecs:`` tasks, ``lambda:`` functions)."""
+    entries = []
+    for line in lines:
+        name, sep, text = line.partition(" | ")
+        if sep and name.startswith(source) and text.startswith("{"):
+            with contextlib.suppress(ValueError):
+                entries.append(json.loads(text))
+    return entries
+
+
+def request_id_of(seen: Seen) -> str | None:
+    """The request id a Lambda bootstrap process runs (its last argument is the context)."""
+    with contextlib.suppress(psutil.Error, ValueError, IndexError):
+        return json.loads(psutil.Process(seen.pid).cmdline()[-1])["request_id"]
+    return None

@@ -1,0 +1,356 @@
+"""Chaos: 200 files through the batch transform while workers and the trigger are SIGKILLed.
+
+One ``python -m localcloud up`` (MaxWorkers 3, FilesPerWorker 2, WorkerVisibilitySeconds 5,
+Lambda retry delays scaled to 3 s and 6 s) takes 200 files in bursts of 40: parquet, CSV,
+gzip'd CSV and JSON Lines, six of them poison from the catalogue. Meanwhile a fault injector
+SIGKILLs a running worker ten times (a busy one when it can find one: a worker holding a file
+open in its scratch folder) and one invocation of the batch trigger, between its "queued"
+and "summary" log lines when it can, so its retry queues those objects a second time.
+
+Afterwards every input has exactly one outcome: one output (one S3 version of it, the output
+bucket being versioned for the test) equal to the in-process reference, or one ``failed``
+report for a poison file; the job queue and the dead-letter queue are empty, and no worker
+task is left RUNNING once IdleSeconds have passed. The dead-letter queue must be empty, not
+merely hold "explainable" messages: a SIGKILL costs a message one receive, the queue allows
+three, and a message that reached the DLQ after a kill would be a file whose fate depends on
+an operator, which is the failure this test exists to catch.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from service.artifacts import Bundle
+from service.model import predict
+from tests.e2e.batch_helpers import (
+    WorkerWatch,
+    assert_same_predictions,
+    download_bundle,
+    output_key,
+    queue_counts,
+    read_parquet,
+    report_key,
+    running,
+    to_csv,
+    to_jsonl,
+    to_parquet,
+    wait_workers_stopped,
+)
+from tests.e2e.cloud_process import LocalCloudProcess, wait_for
+from tests.reliability.faults import (
+    FaultCloud,
+    InvocationKill,
+    WorkerKiller,
+    fault_cloud,
+    json_lines,
+    kill_invocation,
+    object_versions,
+)
+from tests.reliability.poison.catalogue import CATALOGUE
+
+pytestmark = [pytest.mark.reliability, pytest.mark.timeout(480)]
+
+PARAMETERS = {
+    "MaxWorkers": "3",
+    "FilesPerWorker": "2",
+    "WorkerVisibilitySeconds": "5",
+    "IdleSeconds": "10",
+}
+FILES = 200
+BURST = 40
+WORKER_KILLS = 10
+KILL_INTERVAL = 5.0
+BUSY_PATIENCE = 3.0
+MIN_WORKER_AGE = 1.0
+LAMBDA_KILL_DEADLINE = 90.0
+LAMBDA_KILL_PREFER = 45.0
+BATCH_DEADLINE = 300.0
+IDLE_SLACK = 30.0
+DLQ = "DeadLetterQueueUrl"
+POISON = (
+    "corrupt_parquet",
+    "truncated_parquet",
+    "missing_feature_columns",
+    "jsonl_one_broken_line",
+    "infinities",
+    "gzip_that_is_not_gzip",
+)
+
+
+def gzip_csv(frame: pd.DataFrame) -> bytes:
+    return gzip.compress(to_csv(frame))
+
+
+ENCODERS: dict[str, Callable[[pd.DataFrame], bytes]] = {
+    ".parquet": to_parquet,
+    ".csv": to_csv,
+    ".csv.gz": gzip_csv,
+    ".jsonl": to_jsonl,
+}
+
+
+@dataclass(frozen=True)
+class Input:
+    key: str
+    body: bytes
+    frame: pd.DataFrame | None  # None: poison, a failed report is its expected outcome
+
+    @property
+    def relative_output(self) -> str:
+        """The input key with its extension(s) replaced by .parquet (the contract)."""
+        for suffix in ENCODERS:
+            if self.key.endswith(suffix):
+                return self.key[: -len(suffix)] + ".parquet"
+        raise AssertionError(self.key)
+
+
+def make_inputs(train_example: ModuleType, good_rows: pd.DataFrame) -> list[Input]:
+    """194 good files of 100-1,500 rows in four formats, and six poison files among them."""
+    poison = [p for p in CATALOGUE if p.name in POISON]
+    assert len(poison) == len(POISON)
+    stride = FILES // len(poison)
+    inputs: list[Input] = []
+    for number in range(FILES):
+        if number % stride == stride // 2 and poison:
+            kind = poison.pop()
+            inputs.append(
+                Input(
+                    f"chaos/poison/{number:03d}-{kind.key.split('/')[-1]}",
+                    kind.make(good_rows),
+                    None,
+                )
+            )
+            continue
+        suffix = list(ENCODERS)[number % len(ENCODERS)]
+        rows = 100 + (number * 37) % 1400
+        frame = train_example.sample_rows(rows, seed=1000 + number)
+        key = f"chaos/burst-{number // BURST}/file {number:03d}{suffix}"
+        inputs.append(Input(key, ENCODERS[suffix](frame), frame))
+    return inputs
+
+
+@dataclass
+class ChaosRun:
+    cloud: LocalCloudProcess
+    bundle: Bundle
+    inputs: list[Input]
+    reports: dict[str, dict[str, Any]]
+    outputs: dict[str, list[dict[str, Any]]]
+    report_versions: dict[str, list[dict[str, Any]]]
+    killer: WorkerKiller
+    lambda_kill: InvocationKill
+    max_running: int
+    max_processes: int
+    worker_tasks: list[dict[str, Any]]
+    job_queue: tuple[int, int]
+    dead_letters: list[dict[str, Any]]
+    seconds: float
+    log: list[str]
+
+    def figures(self) -> dict[str, Any]:
+        workers_log = json_lines(self.log, "ecs:")
+        files = [e for e in workers_log if e.get("event") == "file"]
+        started = [e for e in workers_log if e.get("event") == "file_started"]
+        statuses = Counter(e["status"] for e in files)
+        return {
+            "files": len(self.inputs),
+            "poison": sum(1 for i in self.inputs if i.frame is None),
+            "worker_kills": len(self.killer.kills),
+            "worker_kills_busy": sum(1 for k in self.killer.kills if k.busy),
+            "lambda_kills": 1,
+            "lambda_kill_mid_event": self.lambda_kill.mid_event,
+            "outputs": len(self.outputs),
+            "output_versions_max": max((len(v) for v in self.outputs.values()), default=0),
+            "failed_reports": sum(1 for r in self.reports.values() if r["status"] == "failed"),
+            "reports_written_twice": sum(1 for v in self.report_versions.values() if len(v) > 1),
+            "redelivered_files": len({e["key"] for e in started if int(e["receives"]) > 1}),
+            "reports_restored": sum(1 for e in workers_log if e.get("event") == "report_restored"),
+            "worker_outcomes": dict(statuses),
+            "dlq": len(self.dead_letters),
+            "worker_tasks": len(self.worker_tasks),
+            "max_running": self.max_running,
+            "max_worker_processes": self.max_processes,
+            "seconds": round(self.seconds, 1),
+        }
+
+
+def upload_in_bursts(cloud: LocalCloudProcess, inputs: list[Input]) -> None:
+    """40 files at once; the next 40 once all but one burst's worth have a report."""
+    s3 = cloud.client("s3")
+    bucket = cloud.outputs["InputBucketName"]
+
+    def put(item: Input) -> None:
+        s3.put_object(Bucket=bucket, Key=item.key, Body=item.body)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for start in range(0, len(inputs), BURST):
+            if start:
+                wait_for(
+                    lambda start=start: len(listed_reports(cloud)) >= start - BURST,
+                    BATCH_DEADLINE,
+                    f"reports of the files before burst {start // BURST}",
+                    interval=0.5,
+                    context=cloud.log_tail,
+                )
+            list(pool.map(put, inputs[start : start + BURST]))
+
+
+def listed_reports(cloud: LocalCloudProcess) -> set[str]:
+    """Input keys that have a report, from one listing of the report folder."""
+    s3 = cloud.client("s3")
+    bucket = cloud.outputs["OutputBucketName"]
+    prefix = report_key(cloud, "")[: -len(".json")]
+    keys = set()
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys.update(item["Key"][len(prefix) : -len(".json")] for item in page.get("Contents", []))
+    return keys
+
+
+def read_reports(cloud: LocalCloudProcess) -> dict[str, dict[str, Any]]:
+    s3 = cloud.client("s3")
+    bucket = cloud.outputs["OutputBucketName"]
+    return {
+        key: json.loads(s3.get_object(Bucket=bucket, Key=report_key(cloud, key))["Body"].read())
+        for key in listed_reports(cloud)
+    }
+
+
+def dead_letters(cloud: LocalCloudProcess) -> list[dict[str, Any]]:
+    """Every message on the dead-letter queue (received, not deleted, so still there)."""
+    visible, in_flight = queue_counts(cloud, DLQ)
+    if visible + in_flight == 0:
+        return []
+    sqs = cloud.client("sqs")
+    return sqs.receive_message(
+        QueueUrl=cloud.outputs["DeadLetterQueueUrl"], MaxNumberOfMessages=10, WaitTimeSeconds=1
+    ).get("Messages", [{"Body": f"{visible + in_flight} message(s) not received"}])
+
+
+@pytest.fixture(scope="module")
+def chaos(
+    tmp_path_factory: pytest.TempPathFactory, train_example: ModuleType, good_rows: pd.DataFrame
+) -> Iterator[ChaosRun]:
+    inputs = make_inputs(train_example, good_rows)
+    keys = [item.key for item in inputs]
+    work = tmp_path_factory.mktemp("chaos")
+    with fault_cloud(work, PARAMETERS) as cloud:
+        yield run_chaos(cloud, inputs, keys, download_bundle(cloud, work / "bundle"))
+
+
+def run_chaos(cloud: FaultCloud, inputs: list[Input], keys: list[str], bundle: Bundle) -> ChaosRun:
+    s3 = cloud.client("s3")
+    out = cloud.outputs["OutputBucketName"]
+    s3.put_bucket_versioning(Bucket=out, VersioningConfiguration={"Status": "Enabled"})
+    started = time.monotonic()
+    killer = WorkerKiller(cloud, WORKER_KILLS, KILL_INTERVAL, BUSY_PATIENCE, MIN_WORKER_AGE)
+    with WorkerWatch(cloud) as watch, killer, ThreadPoolExecutor(max_workers=1) as pool:
+        lambda_kill = pool.submit(kill_invocation, cloud, LAMBDA_KILL_DEADLINE, LAMBDA_KILL_PREFER)
+        upload_in_bursts(cloud, inputs)
+        wait_for(killer.done, BATCH_DEADLINE, f"{WORKER_KILLS} worker kills", interval=0.5)
+        wait_for(
+            lambda: set(keys) <= listed_reports(cloud) or sum(queue_counts(cloud, DLQ)) > 0,
+            BATCH_DEADLINE,
+            "a report for every input (or a dead letter)",
+            interval=1.0,
+            context=cloud.log_tail,
+        )
+        wait_for(
+            lambda: queue_counts(cloud) == (0, 0),
+            BATCH_DEADLINE,
+            "an empty job queue",
+            interval=1.0,
+            context=cloud.log_tail,
+        )
+        seconds = time.monotonic() - started
+        idle = float(cloud.parameters["IdleSeconds"]) + IDLE_SLACK
+        tasks = wait_workers_stopped(cloud, idle)
+    prefix = output_key(cloud, bundle, "")
+    return ChaosRun(
+        cloud=cloud,
+        bundle=bundle,
+        inputs=inputs,
+        reports=read_reports(cloud),
+        outputs=object_versions(s3, out, prefix),
+        report_versions=object_versions(s3, out, report_key(cloud, "")[: -len(".json")]),
+        killer=killer,
+        lambda_kill=lambda_kill.result(),
+        max_running=watch.max_running,
+        max_processes=watch.max_processes,
+        worker_tasks=tasks,
+        job_queue=queue_counts(cloud),
+        dead_letters=dead_letters(cloud),
+        seconds=seconds,
+        log=cloud.log_text().splitlines(),
+    )
+
+
+def test_faults_were_injected(chaos: ChaosRun) -> None:
+    figures = chaos.figures()
+    print(f"chaos figures: {figures}")
+    assert chaos.killer.errors == []
+    assert len(chaos.killer.kills) == WORKER_KILLS
+    killed = [task for task in chaos.worker_tasks if task["containers"][0].get("exitCode") == 137]
+    assert len(killed) == WORKER_KILLS, [t.get("stoppedReason") for t in chaos.worker_tasks]
+    retried = [line for line in chaos.log if "retry 1 of 2" in line]
+    assert retried, "the killed invocation was not retried"
+    summaries = [
+        entry
+        for entry in json_lines(chaos.log, "lambda:")
+        if entry.get("request_id") == chaos.lambda_kill.request_id
+        and entry.get("message") == "summary"
+    ]
+    assert len(summaries) == 1, "the killed invocation's retry did not finish"
+
+
+def test_every_input_has_exactly_one_outcome(chaos: ChaosRun) -> None:
+    expected_outputs = {
+        output_key(chaos.cloud, chaos.bundle, item.relative_output): item
+        for item in chaos.inputs
+        if item.frame is not None
+    }
+    assert set(chaos.outputs) == set(expected_outputs)
+    rewritten = {key: len(v) for key, v in chaos.outputs.items() if len(v) > 1}
+    assert rewritten == {}, "outputs written more than once"
+    assert sorted(chaos.reports) == sorted(item.key for item in chaos.inputs)
+    for item in chaos.inputs:
+        report = chaos.reports[item.key]
+        wanted = "failed" if item.frame is None else "succeeded"
+        assert report["status"] == wanted, report
+        if item.frame is not None:
+            assert report["rows"] == len(item.frame), report
+
+
+def test_outputs_equal_the_in_process_reference(chaos: ChaosRun) -> None:
+    s3 = chaos.cloud.client("s3")
+    bucket = chaos.cloud.outputs["OutputBucketName"]
+    for item in chaos.inputs:
+        if item.frame is None:
+            continue
+        key = output_key(chaos.cloud, chaos.bundle, item.relative_output)
+        assert_same_predictions(read_parquet(s3, bucket, key), predict(chaos.bundle, item.frame))
+
+
+def test_queues_are_drained_and_nothing_went_to_the_dead_letter_queue(chaos: ChaosRun) -> None:
+    assert chaos.job_queue == (0, 0)
+    assert chaos.dead_letters == [], [m.get("Body") for m in chaos.dead_letters]
+
+
+def test_workers_stayed_within_max_workers_and_none_is_left_running(chaos: ChaosRun) -> None:
+    max_workers = int(chaos.cloud.parameters["MaxWorkers"])
+    assert 1 <= chaos.max_running <= max_workers
+    assert chaos.max_processes <= max_workers
+    assert running(chaos.worker_tasks) == []
+    enough = math.ceil(WORKER_KILLS / max_workers)
+    assert len(chaos.worker_tasks) > enough, "killed workers were not replaced"
