@@ -467,7 +467,10 @@ def test_worker_task_definition(resources: dict[str, Any]) -> None:
         "OUTPUT_PREFIX",
         "OUTPUT_FORMAT",
         "IDLE_SECONDS",
+        "VISIBILITY_SECONDS",
     } <= names
+    visibility = next(i for i in worker["Environment"] if i["Name"] == "VISIBILITY_SECONDS")
+    assert visibility["Value"] == {"Fn::Sub": "${WorkerVisibilitySeconds}"}
     assert worker["LogConfiguration"]["Options"]["awslogs-group"] == {"Ref": "WorkerLogGroup"}
 
 
