@@ -1,0 +1,427 @@
+"""Batch benchmark: the local cloud's upload-to-output path against the in-process limit.
+
+Parts (each interleaves what it compares, round by round):
+
+- throughput: the 1M-row parquet file uploaded to the input bucket, timed from the start of
+  the upload until HeadObject finds the output (a warm worker is running), against the same
+  prepare + predict on the same file from and to local disk in this process
+  (formats.iter_batches + model.predict + BatchWriter, the worker's BATCH_ROWS).
+- latency: a 1,000-row file, upload to output, with a worker already running (warm) and
+  with none (cold: every worker task stopped and gone before the upload).
+- memory: peak resident memory (getrusage of the exited process) of `python -m service
+  worker` run directly against the local cloud, with the task definition's environment and
+  a private queue, on the 1M-row and the 10M-row file; one fresh process per file.
+- scaling: 40 files of 500,000 rows uploaded at once to two clouds, MaxWorkers 1 and 2
+  (FilesPerWorker 1), each round starting with no worker running; the CPU time of each
+  cloud's processes is split by kind while it works.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bench import datagen
+from bench.cloud import REPO_ROOT, STACK_NAME, Cloud, wait_object
+from bench.processes import wait_for
+from bench.stats import DATA_DIR, Recorder
+
+PARTS = ("throughput", "latency", "memory", "scaling")
+SCALING_FILES = 40
+SCALING_IDLE_SECONDS = 5  # each round starts after the workers idled out
+MAIN_PARAMETERS = {"MaxWorkers": "2", "FilesPerWorker": "5", "IdleSeconds": "600"}
+OUTPUT_SECONDS = 900
+
+
+def run(parts: list[str], rounds: int = 5) -> Recorder:
+    recorder = Recorder("batch")
+    recorder.notes["rounds"] = rounds
+    files = {name: datagen.dataset(name) for name in ("1k", "500k", "1m", "10m")}
+    recorder.notes["files_mb"] = {n: round(p.stat().st_size / 1e6, 1) for n, p in files.items()}
+    work = Path(tempfile.mkdtemp(prefix="bench-batch-", dir=DATA_DIR))
+    try:
+        if {"throughput", "latency", "memory"} & set(parts):
+            cloud = Cloud(work / "main", MAIN_PARAMETERS, schedule_scale=1.0).start()
+            try:
+                bundle = download_bundle(cloud, work / "bundle")
+                if "throughput" in parts:
+                    throughput(cloud, bundle, files["1m"], rounds, recorder, work)
+                if "latency" in parts:
+                    latency(cloud, files["1k"], max(rounds, 5), recorder)
+                if "memory" in parts:
+                    memory(cloud, files, max(3, rounds - 2), recorder, work)
+            finally:
+                cloud.stop()
+        if "scaling" in parts:
+            scaling(files["500k"], max(3, rounds - 2), recorder, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return recorder
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+def download_bundle(cloud: Cloud, folder: Path) -> Any:
+    """The bundle the stack serves, loaded in this process for the limit."""
+    from service.artifacts import load_bundle
+
+    bucket, _, prefix = cloud.outputs["ModelUri"].removeprefix("s3://").partition("/")
+    s3 = cloud.client("s3")
+    folder.mkdir(parents=True, exist_ok=True)
+    for item in s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]:
+        name = item["Key"][len(prefix) :]
+        if name and "/" not in name:
+            s3.download_file(bucket, item["Key"], str(folder / name))
+    return load_bundle(str(folder))
+
+
+def batch_rows() -> int:
+    from service.settings import WorkerSettings
+
+    return int(WorkerSettings.model_fields["batch_rows"].default)
+
+
+def transform_locally(source: Path, target: Path, bundle: Any) -> int:
+    """The limit: the worker's prepare + predict loop on local files, nothing else."""
+    from service.formats import BatchWriter, FileFormat, iter_batches
+    from service.model import predict
+
+    rows = 0
+    with BatchWriter(str(target), "parquet") as writer:
+        for frame in iter_batches(
+            str(source), FileFormat("parquet"), batch_rows(), tuple(bundle.columns)
+        ):
+            predictions = predict(bundle, frame)
+            writer.write(predictions)
+            rows += len(predictions)
+    return rows
+
+
+def output_key_for(cloud: Cloud, bundle: tuple[str, str], key: str) -> str:
+    return cloud.output_key(bundle, key.rsplit(".", 1)[0] + ".parquet")
+
+
+def model_id(cloud: Cloud) -> tuple[str, str]:
+    s3 = cloud.client("s3")
+    bucket, _, prefix = cloud.outputs["ModelUri"].removeprefix("s3://").partition("/")
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key=prefix + "manifest.json")["Body"].read())
+    return manifest["name"], str(manifest["version"])
+
+
+def upload_and_wait(cloud: Cloud, path: Path, key: str, model: tuple[str, str]) -> dict:
+    """Seconds from the start of the upload until the output exists (as a user sees it)."""
+    s3 = cloud.client("s3")
+    started = time.monotonic()
+    s3.upload_file(str(path), cloud.outputs["InputBucketName"], key)
+    uploaded = time.monotonic()
+    seen = wait_object(
+        s3, cloud.outputs["OutputBucketName"], output_key_for(cloud, model, key), OUTPUT_SECONDS
+    )
+    return {"seconds": seen - started, "upload_seconds": uploaded - started}
+
+
+def worker_phases(cloud: Cloud, key: str, timeout: float = 15) -> dict[str, float]:
+    """download/predict/upload seconds from the worker's `file` log line for `key`."""
+    logs = cloud.client("logs")
+    group = f"/ecs/{STACK_NAME}/worker"
+
+    def find() -> dict[str, float] | None:
+        with contextlib.suppress(Exception):
+            for page in logs.get_paginator("filter_log_events").paginate(logGroupName=group):
+                for event in page["events"]:
+                    entry = _json_object(event["message"])
+                    wanted = ("file", key, "succeeded")
+                    if (entry.get("event"), entry.get("key"), entry.get("status")) == wanted:
+                        phases = {
+                            k.removesuffix("_seconds"): float(v)
+                            for k, v in entry.items()
+                            if k.endswith("_seconds")
+                        }
+                        return phases | {"total": float(entry["seconds"])}
+        return None
+
+    with contextlib.suppress(TimeoutError):
+        return wait_for(find, timeout, f"the worker's log line for {key}", 0.5)
+    return {}
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+# -- throughput -------------------------------------------------------------------------
+
+
+def throughput(
+    cloud: Cloud, bundle: Any, source: Path, rounds: int, recorder: Recorder, work: Path
+) -> None:
+    model = (bundle.name, bundle.version)
+    rows = datagen_rows(source)
+    upload_and_wait(cloud, datagen.dataset("1k"), "warmup/first.parquet", model)
+    cloud.wait_workers(1)
+    target = work / "limit-output.parquet"
+    for number in range(rounds):
+        print(f"throughput round {number + 1}/{rounds}", flush=True)
+        order = ("limit", "ours") if number % 2 == 0 else ("ours", "limit")
+        figures = {}
+        for which in order:
+            if which == "limit":
+                started = time.monotonic()
+                done = transform_locally(source, target, bundle)
+                seconds = time.monotonic() - started
+                assert done == rows
+                figures["limit"] = rows / seconds
+                recorder.add("1M rows: limit (in-process, local disk)", "rows/s", rows / seconds)
+            else:
+                key = f"throughput/r{number}-1m.parquet"
+                timing = upload_and_wait(cloud, source, key, model)
+                figures["ours"] = rows / timing["seconds"]
+                recorder.add("1M rows: ours, upload to output", "rows/s", figures["ours"])
+                recorder.add("1M rows: ours, upload to output", "s", timing["seconds"])
+                recorder.add("1M rows: ours, of which the upload", "s", timing["upload_seconds"])
+                for phase, value in worker_phases(cloud, key).items():
+                    recorder.add(f"1M rows: worker {phase}", "s", value)
+            print(f"  {which}: {figures[which]:,.0f} rows/s", flush=True)
+        recorder.add("ratio 1M rows/s ours / limit", "x", figures["ours"] / figures["limit"])
+        recorder.add("1M rows: limit", "s", rows / figures["limit"])
+
+
+def datagen_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+# -- latency ----------------------------------------------------------------------------
+
+
+def latency(cloud: Cloud, source: Path, rounds: int, recorder: Recorder) -> None:
+    model = model_id(cloud)
+    for number in range(rounds):
+        print(f"latency round {number + 1}/{rounds}", flush=True)
+        cloud.stop_workers()
+        cold = upload_and_wait(cloud, source, f"latency/r{number}-cold.parquet", model)
+        recorder.add("1k rows: cold start (no worker), upload to output", "s", cold["seconds"])
+        cloud.wait_workers(1)
+        for second in range(2):
+            key = f"latency/r{number}-warm{second}.parquet"
+            warm = upload_and_wait(cloud, source, key, model)
+            recorder.add("1k rows: warm worker, upload to output", "s", warm["seconds"])
+        print(f"  cold {cold['seconds']:.2f} s, warm {warm['seconds']:.2f} s", flush=True)
+
+
+# -- memory -----------------------------------------------------------------------------
+
+
+def memory(
+    cloud: Cloud, files: dict[str, Path], rounds: int, recorder: Recorder, work: Path
+) -> None:
+    """Each file in a fresh worker process; the peak RSS the kernel recorded for it."""
+    s3, sqs = cloud.client("s3"), cloud.client("sqs")
+    bucket = "bench-memory-input"
+    s3.create_bucket(Bucket=bucket)
+    queue = sqs.create_queue(QueueName="bench-memory")["QueueUrl"]
+    heads = {}
+    for name in ("1m", "10m"):
+        key = f"memory/{name}.parquet"
+        s3.upload_file(str(files[name]), bucket, key)
+        heads[name] = (key, s3.head_object(Bucket=bucket, Key=key))
+    environment = cloud.environment() | cloud.worker_environment()
+    environment.update(JOB_QUEUE_URL=queue, IDLE_SECONDS="1", WAIT_SECONDS="1")
+    idle = run_worker_once(environment, work / "worker-idle.log", expect_file=False)
+    recorder.add("worker peak RSS with no file (imports, model)", "MiB", idle["peak_mib"])
+    for number in range(rounds):
+        print(f"memory round {number + 1}/{rounds}", flush=True)
+        order = ("1m", "10m") if number % 2 == 0 else ("10m", "1m")
+        peaks = {}
+        for name in order:
+            key, head = heads[name]
+            body = {
+                "bucket": bucket,
+                "key": key,
+                "etag": head["ETag"].strip('"'),
+                "size": head["ContentLength"],
+            }
+            sqs.send_message(QueueUrl=queue, MessageBody=json.dumps(body))
+            env = dict(environment, OUTPUT_PREFIX=f"bench-memory/r{number}")
+            result = run_worker_once(env, work / f"worker-{number}-{name}.log")
+            peaks[name] = result["peak_mib"]
+            rows = name.upper()
+            recorder.add(f"{rows} rows: worker peak RSS", "MiB", result["peak_mib"])
+            recorder.add(f"{rows} rows: worker run (start to exit)", "s", result["seconds"])
+            print(f"  {name}: peak {result['peak_mib']:.0f} MiB in {result['seconds']:.1f} s")
+        recorder.add("ratio peak RSS 10M / 1M", "x", peaks["10m"] / peaks["1m"])
+
+
+def run_worker_once(env: dict[str, str], log: Path, expect_file: bool = True) -> dict[str, float]:
+    """`python -m service worker` until it idles out; its peak RSS from wait4's rusage."""
+    started = time.monotonic()
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service", "worker"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            _, status, usage = os.wait4(process.pid, 0)
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
+        process.returncode = os.waitstatus_to_exitcode(status)
+    text = log.read_text(encoding="utf-8", errors="replace")
+    if process.returncode != 0 or (expect_file and '"status": "succeeded"' not in text):
+        raise RuntimeError(
+            f"the worker did not succeed (exit {process.returncode}):\n{text[-3000:]}"
+        )
+    return {"peak_mib": usage.ru_maxrss / 1024, "seconds": time.monotonic() - started}
+
+
+# -- scaling ----------------------------------------------------------------------------
+
+
+class CpuSampler:
+    """CPU seconds of a process tree by kind of process, sampled while it works."""
+
+    KINDS = (
+        ("worker", "-m service worker"),
+        ("endpoint", "-m service serve"),
+        ("lambda", "bootstrap.py"),
+    )
+
+    def __init__(self, root: psutil.Process, interval: float = 0.1) -> None:
+        self.root = root
+        self.interval = interval
+        self.first: dict[tuple[int, float], float] = {}
+        self.last: dict[tuple[int, float], tuple[str, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> CpuSampler:
+        self._sample(first=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def _sample(self, first: bool = False) -> None:
+        for process in self._tree():
+            with contextlib.suppress(psutil.Error):
+                ident = (process.pid, process.create_time())
+                times = process.cpu_times()
+                cpu = times.user + times.system
+                if first:
+                    self.first[ident] = cpu
+                kind = self._kind(process) if ident not in self.last else self.last[ident][0]
+                self.last[ident] = (kind, cpu)
+
+    def _tree(self) -> Iterator[psutil.Process]:
+        yield self.root
+        with contextlib.suppress(psutil.Error):
+            yield from self.root.children(recursive=True)
+
+    def _kind(self, process: psutil.Process) -> str:
+        if process.pid == self.root.pid:
+            return "localcloud (moto, runtime, agent)"
+        command = " ".join(process.cmdline())
+        for kind, marker in self.KINDS:
+            if marker in command:
+                return kind
+        return "other"
+
+    def totals(self) -> dict[str, float]:
+        found: dict[str, float] = {}
+        for ident, (kind, cpu) in self.last.items():
+            found[kind] = found.get(kind, 0.0) + cpu - self.first.get(ident, 0.0)
+        return found
+
+
+def scaling(source: Path, rounds: int, recorder: Recorder, work: Path) -> None:
+    clouds = {}
+    try:
+        for workers in (1, 2):
+            parameters = {
+                "MaxWorkers": str(workers),
+                "FilesPerWorker": "1",
+                "IdleSeconds": str(SCALING_IDLE_SECONDS),
+            }
+            clouds[workers] = Cloud(work / f"scale{workers}", parameters, 1.0).start()
+        rows = datagen_rows(source) * SCALING_FILES
+        for number in range(rounds):
+            print(f"scaling round {number + 1}/{rounds}", flush=True)
+            order = (1, 2) if number % 2 == 0 else (2, 1)
+            rates = {}
+            for workers in order:
+                cloud = clouds[workers]
+                cloud.wait_no_workers(SCALING_IDLE_SECONDS + 60)
+                root = psutil.Process(cloud.process.pid)
+                with CpuSampler(root) as sampler:
+                    seconds = upload_many(cloud, source, f"scaling/r{number}")
+                rates[workers] = rows / seconds
+                name = f"{SCALING_FILES} files, MaxWorkers {workers}"
+                recorder.add(f"{name}: upload to last output", "s", seconds)
+                recorder.add(f"{name}: throughput", "rows/s", rows / seconds)
+                for kind, cpu in sampler.totals().items():
+                    recorder.add(f"{name}: CPU of {kind}", "s", cpu)
+                busy = sum(sampler.totals().values()) / seconds
+                recorder.add(f"{name}: cores busy with the local cloud", "cores", busy)
+                print(f"  MaxWorkers {workers}: {seconds:.1f} s, {busy:.2f} cores", flush=True)
+            recorder.add("ratio throughput MaxWorkers 2 / 1", "x", rates[2] / rates[1])
+    finally:
+        for cloud in clouds.values():
+            cloud.stop()
+
+
+def upload_many(cloud: Cloud, source: Path, folder: str) -> float:
+    """Upload the files at once (8 parallel PUTs, as `aws s3 cp --recursive` does; single
+    PUTs, so one event each); seconds until the last output exists. Then delete them."""
+    s3 = cloud.client("s3")
+    model = model_id(cloud)
+    body = source.read_bytes()
+    inputs = cloud.outputs["InputBucketName"]
+    keys = [f"{folder}/part-{number:02d}.parquet" for number in range(SCALING_FILES)]
+    prefix = cloud.output_key(model, f"{folder}/")
+    started = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        for future in [
+            pool.submit(s3.put_object, Bucket=inputs, Key=key, Body=body) for key in keys
+        ]:
+            future.result()
+
+    def all_outputs() -> bool:
+        listed = s3.list_objects_v2(Bucket=cloud.outputs["OutputBucketName"], Prefix=prefix)
+        return listed.get("KeyCount", 0) >= len(keys)
+
+    wait_for(all_outputs, OUTPUT_SECONDS, f"{len(keys)} outputs under {prefix}", 0.1)
+    seconds = time.monotonic() - started
+    s3.delete_objects(Bucket=inputs, Delete={"Objects": [{"Key": key} for key in keys]})
+    return seconds
