@@ -20,7 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -197,8 +197,10 @@ class LocalCloudProcess:
         work_dir: Path,
         parameters: dict[str, str] | None = None,
         schedule_scale: float = SCHEDULE_SCALE,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.work_dir = work_dir
+        self.extra_args = list(extra_args)
         self.params_file = write_params(work_dir / "params.json", parameters or {})
         self.port = free_port()
         self.endpoint_port = free_port() if _up_offers(ENDPOINT_PORT_OPTION) else ENDPOINT_PORT
@@ -236,6 +238,7 @@ class LocalCloudProcess:
             str(self.schedule_scale),
             "--params",
             str(self.params_file),
+            *self.extra_args,
         ]
         if self.endpoint_port != ENDPOINT_PORT:
             command += [ENDPOINT_PORT_OPTION, str(self.endpoint_port)]

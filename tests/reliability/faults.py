@@ -11,12 +11,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import os
 import random
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,15 +27,10 @@ import pytest
 
 from tests.e2e.cloud_process import (
     ENDPOINT_COMMAND,
-    ENDPOINT_PORT,
-    ENDPOINT_PORT_OPTION,
     REPO_ROOT,
     WORKER_COMMAND,
     LocalCloudProcess,
-    ProcessTree,
     Seen,
-    port_in_use,
-    port_owner,
 )
 
 LAMBDA_BOOTSTRAP = "localcloud/bootstrap.py"
@@ -57,47 +49,8 @@ class FaultCloud(LocalCloudProcess):
     """
 
     def __init__(self, work_dir: Path, parameters: dict[str, str], retry_scale: float) -> None:
-        super().__init__(work_dir, parameters)
+        super().__init__(work_dir, parameters, extra_args=["--retry-scale", str(retry_scale)])
         self.retry_scale = retry_scale
-
-    def start(self) -> None:
-        if port_in_use(self.endpoint_port):
-            raise AssertionError(
-                f"port {self.endpoint_port} is taken by {port_owner(self.endpoint_port)}"
-            )
-        command = [
-            sys.executable,
-            "-m",
-            "localcloud",
-            "up",
-            "--port",
-            str(self.port),
-            "--state-dir",
-            str(self.work_dir / "state"),
-            "--schedule-scale",
-            str(self.schedule_scale),
-            "--retry-scale",
-            str(self.retry_scale),
-            "--params",
-            str(self.params_file),
-        ]
-        if self.endpoint_port != ENDPOINT_PORT:
-            command += [ENDPOINT_PORT_OPTION, str(self.endpoint_port)]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-        env.update(NO_COLOR="1", PYTHONUNBUFFERED="1")
-        self.process = subprocess.Popen(
-            command,
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.tree = ProcessTree(self.process.pid)
-        self.tree.start()
-        self._reader = threading.Thread(target=self._read_output, name="up-output", daemon=True)
-        self._reader.start()
 
     def log_text(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
