@@ -27,6 +27,7 @@ and the input whose report was lost stayed without one (C3).
 from __future__ import annotations
 
 import gzip
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -168,16 +169,42 @@ def wait_settled(cloud: LocalCloudProcess, queued: int) -> None:
     )
 
 
-def warm_up(cloud: LocalCloudProcess, train_example: ModuleType) -> None:
-    """MaxWorkers workers up and polling, so copies that arrive together are taken together."""
-    keys = [f"warm/{n}.parquet" for n in range(WARM_UP)]
-    for n, key in enumerate(keys):
-        frame = train_example.sample_rows(20, seed=n)
-        upload_and_deliver(cloud, key, to_parquet(frame), frame, 0)
-    wait_reports(cloud, keys, DEADLINE)
+def warm_up(cloud: LocalCloudProcess, train_example: ModuleType) -> int:
+    """MaxWorkers workers up and polling, so copies that arrive together are taken together.
+
+    How many workers a round of small uploads starts depends on how fast the first ones
+    drain the queue, and an idle worker leaves after IdleSeconds; so rounds are uploaded
+    until all MaxWorkers are seen at once. Returns the number of files uploaded.
+    """
     wanted = int(cloud.parameters["MaxWorkers"])
-    wait_for(lambda: len(workers(cloud)) == wanted, DEADLINE, f"{wanted} idle workers")
-    wait_settled(cloud, WARM_UP)
+    deadline = time.monotonic() + DEADLINE
+    uploaded = 0
+    while True:
+        keys = [f"warm/{uploaded + n}.parquet" for n in range(WARM_UP)]
+        for n, key in enumerate(keys):
+            frame = train_example.sample_rows(20, seed=uploaded + n)
+            upload_and_deliver(cloud, key, to_parquet(frame), frame, 0)
+        uploaded += len(keys)
+        wait_reports(cloud, keys, DEADLINE)
+        if seen_within(lambda: len(workers(cloud)) == wanted, 10.0):
+            break
+        if time.monotonic() >= deadline:
+            raise AssertionError(
+                f"{len(workers(cloud))} of {wanted} workers after {uploaded} warm-up files\n"
+                f"{cloud.log_tail()}"
+            )
+    wait_settled(cloud, uploaded)
+    return uploaded
+
+
+def seen_within(condition: Callable[[], bool], seconds: float) -> bool:
+    """Whether ``condition()`` holds at some poll within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+    return True
 
 
 def versions_of(s3: Any, bucket: str, key: str) -> int:
@@ -194,7 +221,7 @@ def duplicates(
         s3 = cloud.client("s3")
         out = cloud.outputs["OutputBucketName"]
         s3.put_bucket_versioning(Bucket=out, VersioningConfiguration={"Status": "Enabled"})
-        warm_up(cloud, train_example)
+        warmed = warm_up(cloud, train_example)
         copies = DELIVERIES - 1
 
         uploads = {}
@@ -204,7 +231,7 @@ def duplicates(
             uploads[key] = upload_and_deliver(cloud, key, encode(frame), frame, copies)
         first_frame = train_example.sample_rows(350, seed=998)
         late_first = upload_and_deliver(cloud, LATE, to_csv(first_frame), first_frame, copies)
-        sent = WARM_UP + DELIVERIES * (len(FILES) + 1)
+        sent = warmed + DELIVERIES * (len(FILES) + 1)
         wait_settled(cloud, sent)
 
         second_frame = train_example.sample_rows(120, seed=999)
@@ -241,7 +268,7 @@ def duplicates(
             late_outputs_before=late_outputs_before,
             late_reports_before=late_reports_before,
             lost_report=get_json(s3, out, report_key(cloud, LOST)),
-            deliveries=sent - WARM_UP,
+            deliveries=sent - warmed,
             log=cloud.log_text().splitlines(),
         )
 
