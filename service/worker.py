@@ -82,8 +82,7 @@ def run_worker(settings: WorkerSettings) -> int:
     """Run one worker until the queue stays empty for IDLE_SECONDS or SIGTERM; exit code."""
     configure_logging(settings.log_level)
     stopping = threading.Event()
-    polling = threading.Event()
-    restore = install_stop_handlers(stopping, polling)
+    restore = install_stop_handlers(stopping)
     store = ModelStore(settings.model_uri, settings.model_poll_seconds)
     try:
         store.start()
@@ -110,7 +109,7 @@ def run_worker(settings: WorkerSettings) -> int:
             model_name=bundle.name,
             model_version=bundle.version,
         )
-        worker = Worker(settings, store, stopping, polling)
+        worker = Worker(settings, store, stopping)
         try:
             return worker.run()
         finally:
@@ -138,14 +137,12 @@ class Worker:
         settings: WorkerSettings,
         store: ModelStore,
         stopping: threading.Event,
-        polling: threading.Event | None = None,
         session: boto3.session.Session | None = None,
     ) -> None:
         session = session or boto3.session.Session()
         self.settings = settings
         self.store = store
         self.stopping = stopping
-        self.polling = polling or threading.Event()
         self.sqs = session.client(
             "sqs",
             config=Config(retries=RETRY_CONFIG, read_timeout=settings.wait_seconds + 30),
@@ -157,7 +154,13 @@ class Worker:
         """Nothing to release: uploads run in the worker's own thread."""
 
     def run(self) -> int:
-        """Long-poll until idle or stopped; one message at a time leaves the rest to others."""
+        """Long-poll until idle or stopped; one message at a time leaves the rest to others.
+
+        A SIGTERM does not cut a long poll short: SQS may already have handed a message to
+        that request, and an abandoned request would hide it for VISIBILITY_SECONDS. The
+        poll ends within WAIT_SECONDS, and a message it brings is made visible again at once
+        (`handle`).
+        """
         idle_since = time.monotonic()
         queue_error: str | None = None
         while not self.stopping.is_set():
@@ -167,8 +170,6 @@ class Worker:
             try:
                 messages = self._receive(remaining)
                 queue_error = None
-            except StopPolling:
-                break
             except Exception as exc:
                 queue_error = f"{type(exc).__name__}: {exc}"
                 log_event(logging.WARNING, "receive_failed", error=queue_error)
@@ -189,17 +190,13 @@ class Worker:
 
     def _receive(self, remaining: float) -> list[dict[str, Any]]:
         wait = min(self.settings.wait_seconds, max(1, int(remaining + 0.999)))
-        self.polling.set()
-        try:
-            response = self.sqs.receive_message(
-                QueueUrl=self.queue_url,
-                MaxNumberOfMessages=1,
-                WaitTimeSeconds=wait,
-                VisibilityTimeout=self.settings.visibility_seconds,
-                MessageSystemAttributeNames=["ApproximateReceiveCount"],
-            )
-        finally:
-            self.polling.clear()
+        response = self.sqs.receive_message(
+            QueueUrl=self.queue_url,
+            MaxNumberOfMessages=1,
+            WaitTimeSeconds=wait,
+            VisibilityTimeout=self.settings.visibility_seconds,
+            MessageSystemAttributeNames=["ApproximateReceiveCount"],
+        )
         return response.get("Messages", [])
 
     def handle(self, message: dict[str, Any]) -> None:
@@ -664,26 +661,17 @@ class Heartbeat:
                 next_beat = time.monotonic() + self.interval
 
 
-class StopPolling(BaseException):
-    """Raised by the stop handler to cut an idle long poll short (no message is lost:
-    none has been received yet)."""
-
-
-def install_stop_handlers(
-    stopping: threading.Event, polling: threading.Event | None = None
-) -> Callable[[], None]:
+def install_stop_handlers(stopping: threading.Event) -> Callable[[], None]:
     """SIGTERM (ECS stop, Spot reclaim) and SIGINT set `stopping`; returns the undo.
 
-    While the worker only waits in a long poll (`polling` set), the handler also
-    interrupts that wait, so an idle worker stops at once instead of after WAIT_SECONDS.
+    An idle worker stops when its long poll returns (within WAIT_SECONDS; the task's
+    StopTimeout is longer); a busy one releases its message at the next check.
     """
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stopping.set()
-        if polling is not None and polling.is_set():
-            raise StopPolling
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
 

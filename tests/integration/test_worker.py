@@ -279,14 +279,45 @@ def test_idle_worker_exits_zero(stack, start_worker):
     assert worker.events("worker_idle")
 
 
-def test_sigterm_while_idle_cuts_the_long_poll_short(stack, start_worker):
-    worker = start_worker(stack.worker_env(IDLE_SECONDS=60, WAIT_SECONDS=20))
+def test_sigterm_while_idle_exits_when_the_long_poll_returns(stack, start_worker):
+    worker = start_worker(stack.worker_env(IDLE_SECONDS=60, WAIT_SECONDS=2))
     wait_for(lambda: worker.events("worker_started"), START_TIMEOUT, "the worker to start")
-    time.sleep(0.5)  # let it enter the 20 s long poll; the assertion below does not depend on it
     started = time.monotonic()
     worker.signal(signal.SIGTERM)
     assert worker.wait(15) == 0
-    assert time.monotonic() - started < 10, "an idle worker waited out its 20 s long poll"
+    assert time.monotonic() - started < 2 + 5, "an idle worker outlived its 2 s long poll"
+    assert worker.events("worker_stopped")
+
+
+def test_a_message_that_arrives_during_the_last_long_poll_is_handed_back(stack, start_worker):
+    """The worker's last long poll receives the message sent just after SIGTERM: it must make
+    it visible again at once, not abandon the request (which would hide the message for the
+    120 s visibility timeout)."""
+    worker = start_worker(
+        stack.worker_env(IDLE_SECONDS=60, WAIT_SECONDS=20, VISIBILITY_SECONDS=120)
+    )
+    wait_for(lambda: worker.events("worker_started"), START_TIMEOUT, "the worker to start")
+    time.sleep(0.5)  # into the long poll; the assertions below hold either way
+    key = f"arrives-while-stopping-{time.time_ns()}.parquet"
+    stack.put(key, encode_frame(sample_rows(3), key))
+    worker.signal(signal.SIGTERM)
+    stack.send(key)
+    assert worker.wait(30) == 0, worker.log_text()
+    assert not worker.files(), "a stopping worker must not start a file"
+
+    def received() -> dict | None:
+        response = stack.cloud.sqs.receive_message(
+            QueueUrl=stack.queue_url, MaxNumberOfMessages=1, WaitTimeSeconds=1
+        )
+        for message in response.get("Messages", []):
+            stack.cloud.sqs.delete_message(
+                QueueUrl=stack.queue_url, ReceiptHandle=message["ReceiptHandle"]
+            )
+            if json.loads(message["Body"])["key"] == key:
+                return message
+        return None
+
+    wait_for(received, 10, "the message to be visible again")
 
 
 def test_no_model_takes_no_message_and_exits_non_zero(cloud, stack, start_worker):
