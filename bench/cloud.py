@@ -27,7 +27,6 @@ REGION = "us-east-1"
 DUMMY_KEY = "bench"
 READY_LINE = "ready (Ctrl-C stops everything)"
 STARTED_BY = "batch-worker"
-LONG_POLL_SECONDS = 20  # the worker's WAIT_SECONDS default
 
 
 def write_params(path: Path, overrides: dict[str, str]) -> Path:
@@ -160,13 +159,10 @@ class Cloud:
         return [t["taskArn"] for t in tasks if t.get("desiredStatus") == "RUNNING"]
 
     def stop_workers(self, timeout: float = 120) -> None:
-        """Stop every worker task, wait until their processes are gone, then let a long poll
-        they left open on the queue expire (a cold start, as after workers idled out).
-
-        A worker stopped while it waits in a long poll abandons that ReceiveMessage; the
-        queue still hands the next message to it, and the message stays invisible for
-        VISIBILITY_SECONDS. Waiting out WAIT_SECONDS keeps that out of the figures.
-        Trigger runs still in flight can start a worker meanwhile: repeat until none runs.
+        """Stop every worker task and wait until their processes are gone (a cold start, as
+        after workers idled out). An idle worker exits when its long poll returns (within
+        WAIT_SECONDS). Trigger runs still in flight can start a worker meanwhile: repeat
+        until none runs.
         """
         ecs = self.client("ecs")
         cluster = self.outputs["ClusterName"]
@@ -177,8 +173,6 @@ class Cloud:
             for arn in running:
                 ecs.stop_task(cluster=cluster, task=arn, reason="benchmark: cold start")
             wait_for(lambda: not self.worker_pids(), timeout, "worker processes to exit", 0.2)
-            if running:
-                time.sleep(LONG_POLL_SECONDS + 1)
             if not self.running_workers() and not self.worker_pids():
                 return
             if time.monotonic() > deadline:
@@ -190,7 +184,7 @@ class Cloud:
         names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
 
         def quiet() -> bool:
-            if self.lambda_pids():
+            if self.lambda_busy():
                 return False
             attributes = sqs.get_queue_attributes(
                 QueueUrl=self.outputs["JobQueueUrl"], AttributeNames=names
@@ -198,6 +192,24 @@ class Cloud:
             return all(int(attributes.get(name, 0)) == 0 for name in names)
 
         wait_for(quiet, timeout, "the queue and the trigger to be idle", 0.2)
+
+    def lambda_busy(self) -> bool:
+        """Whether a Lambda invocation runs now: a START without its END in the functions'
+        logs (warm runtime processes stay alive between invocations)."""
+        logs = self.client("logs")
+        started: set[str] = set()
+        ended: set[str] = set()
+        groups = logs.describe_log_groups(logGroupNamePrefix="/aws/lambda/")["logGroups"]
+        for group in groups:
+            pages = logs.get_paginator("filter_log_events").paginate(
+                logGroupName=group["logGroupName"]
+            )
+            for page in pages:
+                for event in page["events"]:
+                    kind, _, rest = event["message"].partition(" RequestId: ")
+                    if kind in ("START", "END"):
+                        (started if kind == "START" else ended).add(rest.split()[0])
+        return bool(started - ended)
 
     def lambda_pids(self) -> list[int]:
         assert self.process is not None

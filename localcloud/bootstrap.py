@@ -1,10 +1,16 @@
-"""Runs one Lambda invocation in a fresh interpreter, as the AWS Python runtime would.
+"""Runs Lambda invocations in one interpreter, as the AWS Python runtime does.
 
-Started by ``localcloud.lambda_runtime`` as ``python -P bootstrap.py RESULT_PATH CONTEXT_JSON``
-with the event on stdin and the function's code folder as the working directory.
+Started by ``localcloud.lambda_runtime`` as ``python -P bootstrap.py --serve`` with the
+function's code folder as the working directory: it reads one request per line on stdin
+(``{"info": CONTEXT, "event": BASE64}``), runs the handler, and answers on stdout with a line
+holding ``RESULT_MARK`` and the outcome, after the handler's own output. Module globals
+persist between invocations, as in a warm execution environment. An init failure (bad
+handler name, import error) ends the process, as AWS resets such an environment.
+``python -P bootstrap.py RESULT_PATH CONTEXT_JSON`` (event on stdin) runs one invocation.
 Standard library only: the function's own imports must not see anything of ours.
 """
 
+import base64
 import importlib
 import json
 import os
@@ -13,6 +19,14 @@ import time
 import traceback
 from pathlib import Path
 from typing import Any
+
+RESULT_MARK = "\x1eLOCALCLOUD-RESULT "
+INIT_ERRORS = (
+    "Runtime.MalformedHandlerName",
+    "Runtime.UserCodeSyntaxError",
+    "Runtime.ImportModuleError",
+    "Runtime.HandlerNotFound",
+)
 
 
 class LambdaContext:
@@ -93,11 +107,22 @@ def parse_event(event_bytes: bytes) -> Any:
         raise RuntimeFailure("Runtime.UnmarshalError", f"Unable to unmarshal input: {exc}") from exc
 
 
+_handler: Any = None
+
+
+def current_handler() -> Any:
+    """The handler, imported at the first invocation and kept (a warm environment)."""
+    global _handler
+    if _handler is None:
+        _handler = load_handler(os.environ["_HANDLER"], os.environ["LAMBDA_TASK_ROOT"])
+    return _handler
+
+
 def invoke(info: dict[str, Any], event_bytes: bytes) -> dict[str, Any]:
     """Run the handler once; return ``{"ok": ..., "payload"|"error": ...}``."""
     request_id = info["request_id"]
     try:
-        handler = load_handler(os.environ["_HANDLER"], os.environ["LAMBDA_TASK_ROOT"])
+        handler = current_handler()
         event = parse_event(event_bytes)
     except RuntimeFailure as exc:
         print(f"[ERROR] {exc.error_type}: {exc}", file=sys.stderr)
@@ -117,7 +142,28 @@ def invoke(info: dict[str, Any], event_bytes: bytes) -> dict[str, Any]:
     return {"ok": True, "payload": payload}
 
 
+def serve() -> int:
+    """Answer requests from stdin until it closes; the handler sees /dev/null as stdin."""
+    requests = os.fdopen(os.dup(0), "rb")
+    answers = os.fdopen(os.dup(1), "wb")
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    for line in requests:
+        request = json.loads(line)
+        outcome = invoke(request["info"], base64.b64decode(request["event"]))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        answers.write((RESULT_MARK + json.dumps(outcome) + "\n").encode("utf-8"))
+        answers.flush()
+        if outcome.get("error", {}).get("errorType") in INIT_ERRORS:
+            return 1
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    if argv[1:] == ["--serve"]:
+        return serve()
     result_path = Path(argv[1])
     info = json.loads(argv[2])
     outcome = invoke(info, sys.stdin.buffer.read())

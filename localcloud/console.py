@@ -40,17 +40,19 @@ class Console:
                 pass
 
     def pipe(
-        self, name: str, source: IO[bytes], on_line: Callable[[str], None] | None = None
+        self, name: str, source: IO[bytes], on_line: Callable[[str], bool | None] | None = None
     ) -> threading.Thread:
-        """Copy a child's output to the console line by line, in a thread, until EOF."""
+        """Copy a child's output to the console line by line, in a thread, until EOF.
+
+        A line for which ``on_line`` returns True was consumed by it and is not printed.
+        """
 
         def copy() -> None:
             with source:
                 for raw in iter(source.readline, b""):
                     text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-                    self.line(name, text)
-                    if on_line is not None:
-                        on_line(text)
+                    if on_line is None or not on_line(text):
+                        self.line(name, text)
 
         thread = threading.Thread(target=copy, name=f"pipe-{name}", daemon=True)
         thread.start()

@@ -4,17 +4,24 @@ moto stores the code zip but, without Docker, runs nothing. The seam is
 ``moto.awslambda.models.LambdaFunction.invoke(body, request_headers, response_headers)``:
 the Invoke API calls it with the HTTP request's headers, and moto's own event sources
 (S3 notifications, SNS, EventBridge, CloudWatch Logs) call it with an empty dict. While the
-runtime is started, that method is replaced by one that runs the code in a fresh Python
-subprocess, synchronously for ``RequestResponse`` and in the background for ``Event`` and
-for moto's event sources (asynchronous on AWS too), with AWS's retries.
+runtime is started, that method is replaced by one that runs the code in a Python subprocess,
+synchronously for ``RequestResponse`` and in the background for ``Event`` and for moto's
+event sources (asynchronous on AWS too), with AWS's retries.
+
+As on AWS, a process (an execution environment) serves one invocation at a time and stays
+warm for the next invocation of the same code and configuration: the pool grows with
+concurrent invocations, up to the function's concurrency; a crashed or timed-out environment
+is replaced, and an idle one ends after ``lambda_idle_seconds``.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import json
+import queue
 import sys
 import tempfile
 import threading
@@ -22,7 +29,7 @@ import time
 import uuid
 import zipfile
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +38,7 @@ from typing import Any
 from moto.awslambda.exceptions import LambdaClientError
 from moto.awslambda.models import LambdaFunction
 
+from localcloud.bootstrap import INIT_ERRORS, RESULT_MARK
 from localcloud.console import Console
 from localcloud.cwlogs import LogStreamWriter
 from localcloud.procs import Child, aws_environment, base_environment
@@ -100,7 +108,7 @@ def _patched_invoke(
 
 
 class LambdaRuntime:
-    """Runs invocations as subprocesses with the function's environment and timeout."""
+    """Runs invocations in warm subprocesses with the function's environment and timeout."""
 
     def __init__(self, settings: LocalCloudSettings, console: Console | None = None) -> None:
         self.settings = settings
@@ -108,7 +116,8 @@ class LambdaRuntime:
         self._cond = threading.Condition()
         self._pending: list[_Pending] = []
         self._running: Counter[tuple[str, str, str]] = Counter()
-        self._children: set[Child] = set()
+        self._idle: dict[str, list[_Environment]] = {}
+        self._environments: set[_Environment] = set()
         self._threads: set[threading.Thread] = set()
         self._seq = 0
         self._stopping = False
@@ -136,12 +145,14 @@ class LambdaRuntime:
             self._stopping = True
             dropped = len(self._pending)
             self._pending.clear()
-            children = list(self._children)
+            environments = list(self._environments)
+            self._environments.clear()
+            self._idle.clear()
             self._cond.notify_all()
         if dropped:
             self._console.line("lambda", f"dropped {dropped} queued event(s) on shutdown")
-        for child in children:
-            child.kill()
+        for environment in environments:
+            environment.close()
         for thread in [self._dispatcher, *list(self._threads)]:
             if thread is not None:
                 thread.join(10)
@@ -224,6 +235,9 @@ class LambdaRuntime:
     def _dispatch(self) -> None:
         with self._cond:
             while not self._stopping:
+                expired = self._take_expired()
+                if expired:
+                    threading.Thread(target=_close_all, args=(expired,), daemon=True).start()
                 job = self._take_ready()
                 if job is None:
                     self._cond.wait(self._next_wake())
@@ -280,24 +294,42 @@ class LambdaRuntime:
         return DEFAULT_MAX_RETRIES
 
     def _execute(self, fn: LambdaFunction, event: bytes, request_id: str) -> InvocationResult:
-        """One cold start: extract the code, run the bootstrap, collect result and logs."""
+        """One invocation, in an idle warm environment of the function or a new one."""
+        try:
+            environment = self._acquire(fn)
+        except (zipfile.BadZipFile, ValueError) as exc:
+            failure = _runtime_error("Runtime.InvalidEntrypoint", f"RequestId: {request_id} {exc}")
+        except _Stopping:
+            failure = _runtime_error("Runtime.Shutdown", "the local cloud is stopping")
+        else:
+            transcript = environment.begin()
+            try:
+                return self._logged(
+                    fn, transcript, request_id, lambda: environment.invoke(fn, event, request_id)
+                )
+            finally:
+                self._give_back(environment)
+        transcript = _Transcript(_log_writer(fn, _stream_name(fn)))
+        return self._logged(fn, transcript, request_id, lambda: failure)
+
+    def _logged(
+        self,
+        fn: LambdaFunction,
+        transcript: _Transcript,
+        request_id: str,
+        run: Callable[[], dict[str, Any]],
+    ) -> InvocationResult:
+        """START, the run's own output, END and REPORT, as Lambda writes them."""
         name = f"lambda:{fn.function_name}"
         version = str(fn.version)
-        stream = f"{datetime.now(UTC):%Y/%m/%d}/[{version}]{uuid.uuid4().hex}"
-        log = LogStreamWriter(fn.account_id, fn.region, fn.logs_group_name, stream)
-        lines: list[str] = []
-
-        def record(text: str) -> None:
-            lines.append(text)
-            log.write(text)
 
         def say(text: str) -> None:
             self._console.line(name, text)
-            record(text)
+            transcript.record(text)
 
         say(f"START RequestId: {request_id} Version: {version}")
         started = time.monotonic()
-        outcome = self._run_code(fn, event, request_id, stream, record)
+        outcome = run()
         millis = (time.monotonic() - started) * 1000
         if outcome.get("timed_out"):
             say(
@@ -309,71 +341,58 @@ class LambdaRuntime:
             f"REPORT RequestId: {request_id}\tDuration: {millis:.2f} ms\t"
             f"Billed Duration: {int(millis) + 1} ms\tMemory Size: {fn.memory_size} MB"
         )
+        log = "\n".join(transcript.lines)
         if outcome["ok"]:
-            return InvocationResult(outcome["payload"].encode("utf-8"), None, "\n".join(lines))
+            return InvocationResult(outcome["payload"].encode("utf-8"), None, log)
         error = outcome["error"]
         payload = json.dumps(error).encode("utf-8")
-        return InvocationResult(payload, error.get("errorType", "Unhandled"), "\n".join(lines))
+        return InvocationResult(payload, error.get("errorType", "Unhandled"), log)
 
-    def _run_code(
-        self,
-        fn: LambdaFunction,
-        event: bytes,
-        request_id: str,
-        stream: str,
-        record: Any,
-    ) -> dict[str, Any]:
-        timeout = float(fn.timeout)
-        try:
-            code_dir = self._code_dir(fn)
-        except (zipfile.BadZipFile, ValueError) as exc:
-            return _runtime_error("Runtime.InvalidEntrypoint", f"RequestId: {request_id} {exc}")
-        info = {
-            "request_id": request_id,
-            "function_name": fn.function_name,
-            "function_version": str(fn.version),
-            "invoked_function_arn": fn.function_arn,
-            "memory_limit_in_mb": int(fn.memory_size),
-            "log_group_name": fn.logs_group_name,
-            "log_stream_name": stream,
-            "deadline_ms": int((time.time() + timeout) * 1000),
-        }
-        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=self.settings.state_dir, prefix="invoke-") as tmp:
-            result_path = Path(tmp) / "result.json"
-            argv = [sys.executable, "-P", str(BOOTSTRAP), str(result_path), json.dumps(info)]
-            env = self._environment(fn, code_dir, stream)
-            with self._cond:
-                if self._stopping:
-                    return _runtime_error("Runtime.Shutdown", "the local cloud is stopping")
-                child = Child(
-                    argv,
-                    name=f"lambda:{fn.function_name}",
-                    console=self._console,
-                    env=env,
-                    cwd=code_dir,
-                    stdin=event,
-                    on_line=record,
-                )
-                self._children.add(child)
-            try:
-                code = child.wait(timeout)
-                if code is None:
-                    child.kill()
-                    message = (
-                        f"RequestId: {request_id} Error: Task timed out after {timeout:.2f} seconds"
-                    )
-                    return {**_runtime_error("Sandbox.Timedout", message), "timed_out": True}
-            finally:
-                with self._cond:
-                    self._children.discard(child)
-            if result_path.exists():
-                return json.loads(result_path.read_text(encoding="utf-8"))
-            status = f"signal: {-code}" if code < 0 else f"exit status {code}"
-            return _runtime_error(
-                "Runtime.ExitError",
-                f"RequestId: {request_id} Error: Runtime exited with error: {status}",
-            )
+    def _acquire(self, fn: LambdaFunction) -> _Environment:
+        """An idle environment with the function's current code and configuration, or a new
+        one (the pool grows with concurrent invocations; concurrency is limited upstream)."""
+        code_dir = self._code_dir(fn)
+        stream = _stream_name(fn)
+        env = self._environment(fn, code_dir, stream)
+        key = _config_key(fn, env)
+        with self._cond:
+            if self._stopping:
+                raise _Stopping
+            idle = self._idle.get(key, [])
+            while idle:
+                environment = idle.pop()
+                if environment.alive():
+                    return environment
+                self._environments.discard(environment)
+            self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+            environment = _Environment(key, fn, code_dir, env, stream, self._console)
+            self._environments.add(environment)
+            return environment
+
+    def _give_back(self, environment: _Environment) -> None:
+        """Keep a healthy environment warm; a crashed or timed-out one is replaced."""
+        with self._cond:
+            if environment.reusable and environment.alive() and not self._stopping:
+                environment.idle_since = time.monotonic()
+                self._idle.setdefault(environment.key, []).append(environment)
+                return
+            self._environments.discard(environment)
+        environment.close()
+
+    def _take_expired(self) -> list[_Environment]:
+        """Environments idle longer than the setting (AWS recycles idle ones after minutes);
+        called with the lock held."""
+        cutoff = time.monotonic() - self.settings.lambda_idle_seconds
+        expired = [e for pool in self._idle.values() for e in pool if e.idle_since < cutoff]
+        for environment in expired:
+            self._idle[environment.key].remove(environment)
+            self._environments.discard(environment)
+        return expired
+
+    def environments(self, function_name: str) -> list[int]:
+        """Process ids of the function's live environments, busy or idle (tests)."""
+        with self._cond:
+            return [e.pid for e in self._environments if e.function_name == function_name]
 
     def _environment(self, fn: LambdaFunction, code_dir: Path, stream: str) -> dict[str, str]:
         """AWS's reserved variables, then the function's, then the local endpoint (always ours)."""
@@ -413,6 +432,143 @@ class LambdaRuntime:
                     archive.extractall(staging)
                 staging.replace(target)
         return target
+
+
+class _Stopping(Exception):
+    """The runtime is stopping: no new environment starts."""
+
+
+class _Transcript:
+    """One invocation's log lines: kept for the caller's LogResult, sent to CloudWatch."""
+
+    def __init__(self, writer: LogStreamWriter) -> None:
+        self.writer = writer
+        self.lines: list[str] = []
+
+    def record(self, text: str) -> None:
+        self.lines.append(text)
+        self.writer.write(text)
+
+
+class _Environment:
+    """A warm execution environment: one bootstrap process serving one invocation at a time,
+    with its own log stream (as on AWS); module globals persist between its invocations."""
+
+    def __init__(
+        self,
+        key: str,
+        fn: LambdaFunction,
+        code_dir: Path,
+        env: dict[str, str],
+        stream: str,
+        console: Console,
+    ) -> None:
+        self.key = key
+        self.function_name = fn.function_name
+        self.stream = stream
+        self.reusable = True
+        self.idle_since = time.monotonic()
+        self._name = f"lambda:{fn.function_name}"
+        self._console = console
+        self._writer = _log_writer(fn, stream)
+        self._transcript = _Transcript(self._writer)
+        self._answers: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._child = Child(
+            [sys.executable, "-P", str(BOOTSTRAP), "--serve"],
+            name=self._name,
+            console=console,
+            env=env,
+            cwd=code_dir,
+            interactive=True,
+            on_line=self._on_line,
+            on_exit=lambda code: self._answers.put(None),
+        )
+
+    @property
+    def pid(self) -> int:
+        return self._child.pid
+
+    def alive(self) -> bool:
+        return self._child.returncode is None
+
+    def begin(self) -> _Transcript:
+        self._transcript = _Transcript(self._writer)
+        return self._transcript
+
+    def invoke(self, fn: LambdaFunction, event: bytes, request_id: str) -> dict[str, Any]:
+        """Send one request and wait for its answer, the process's exit or the timeout."""
+        timeout = float(fn.timeout)
+        info = {
+            "request_id": request_id,
+            "function_name": fn.function_name,
+            "function_version": str(fn.version),
+            "invoked_function_arn": fn.function_arn,
+            "memory_limit_in_mb": int(fn.memory_size),
+            "log_group_name": fn.logs_group_name,
+            "log_stream_name": self.stream,
+            "deadline_ms": int((time.time() + timeout) * 1000),
+        }
+        request = {"info": info, "event": base64.b64encode(event).decode("ascii")}
+        self.reusable = False
+        if not self._child.send(json.dumps(request).encode("utf-8") + b"\n"):
+            return self._exited(request_id)
+        try:
+            answer = self._answers.get(timeout=timeout)
+        except queue.Empty:
+            self._child.kill()
+            message = f"RequestId: {request_id} Error: Task timed out after {timeout:.2f} seconds"
+            return {**_runtime_error("Sandbox.Timedout", message), "timed_out": True}
+        if answer is None:
+            return self._exited(request_id)
+        self.reusable = answer.get("error", {}).get("errorType") not in INIT_ERRORS
+        return answer
+
+    def close(self) -> None:
+        self._child.kill()
+
+    def _exited(self, request_id: str) -> dict[str, Any]:
+        code = self._child.wait(5)
+        with contextlib.suppress(queue.Empty):
+            answer = self._answers.get_nowait()
+            if answer is not None:
+                return answer
+        if code is None:
+            code = self._child.kill()
+        status = f"signal: {-code}" if code < 0 else f"exit status {code}"
+        return _runtime_error(
+            "Runtime.ExitError",
+            f"RequestId: {request_id} Error: Runtime exited with error: {status}",
+        )
+
+    def _on_line(self, text: str) -> bool:
+        """Output goes to the invocation's transcript; the answer line to the waiting caller."""
+        head, mark, answer = text.partition(RESULT_MARK)
+        if head or not mark:
+            self._console.line(self._name, head)
+            self._transcript.record(head)
+        if mark:
+            self._answers.put(json.loads(answer))
+        return True
+
+
+def _close_all(environments: list[_Environment]) -> None:
+    for environment in environments:
+        environment.close()
+
+
+def _stream_name(fn: LambdaFunction) -> str:
+    return f"{datetime.now(UTC):%Y/%m/%d}/[{fn.version}]{uuid.uuid4().hex}"
+
+
+def _log_writer(fn: LambdaFunction, stream: str) -> LogStreamWriter:
+    return LogStreamWriter(fn.account_id, fn.region, fn.logs_group_name, stream)
+
+
+def _config_key(fn: LambdaFunction, env: dict[str, str]) -> str:
+    """Environments are shared only by invocations of the same code and configuration."""
+    settings = {k: v for k, v in env.items() if k != "AWS_LAMBDA_LOG_STREAM_NAME"}
+    identity = [*_function_key(fn), sorted(settings.items())]
+    return hashlib.sha256(json.dumps(identity).encode("utf-8")).hexdigest()
 
 
 def _runtime_error(error_type: str, message: str) -> dict[str, Any]:

@@ -55,9 +55,12 @@ class Child:
         env: Mapping[str, str],
         cwd: Path | str,
         stdin: bytes | None = None,
-        on_line: Callable[[str], None] | None = None,
+        on_line: Callable[[str], bool | None] | None = None,
         on_exit: Callable[[int], None] | None = None,
+        interactive: bool = False,
     ) -> None:
+        """``stdin``: bytes fed to the child, then EOF; ``interactive``: a pipe kept open for
+        ``send``."""
         self.name = name
         self._on_exit = on_exit
         self._exited = threading.Event()
@@ -66,7 +69,7 @@ class Child:
             list(argv),
             cwd=str(cwd),
             env=dict(env),
-            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdin=subprocess.PIPE if stdin is not None or interactive else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -130,6 +133,17 @@ class Child:
         with self._reap_lock, contextlib.suppress(ProcessLookupError, PermissionError):
             if not self._exited.is_set():
                 os.killpg(self._process.pid, signum)
+
+    def send(self, data: bytes) -> bool:
+        """Write to an interactive child's stdin; False when it no longer reads."""
+        stdin = self._process.stdin
+        assert stdin is not None
+        try:
+            stdin.write(data)
+            stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            return False
+        return True
 
     def _feed(self, data: bytes) -> None:
         stdin = self._process.stdin

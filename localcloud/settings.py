@@ -39,6 +39,8 @@ class LocalCloudSettings:
     schedule_scale: float = 1.0
     retry_delays: tuple[float, ...] = AWS_ASYNC_RETRY_DELAYS
     lambda_max_concurrency: int = 10
+    # A warm Lambda environment (process) idle this long ends, as AWS recycles idle ones.
+    lambda_idle_seconds: float = 300.0
     agent_poll_seconds: float = 0.2
     default_stop_timeout: float = 30.0
     shutdown_grace: float = 30.0

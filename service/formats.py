@@ -11,10 +11,12 @@ import functools
 import gzip
 import io
 import os
+import queue
 import re
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import numpy as np
 import orjson
@@ -268,7 +270,7 @@ def decode_jsonlines(body: bytes) -> pd.DataFrame:
 
 def _columns_as_lists(frame: pd.DataFrame) -> tuple[list[str], list[list[Any]]]:
     names = [str(c) for c in frame.columns]
-    return names, [frame[c].tolist() for c in frame.columns]
+    return names, [column.tolist() for _, column in frame.items()]
 
 
 def _record_list(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -412,6 +414,60 @@ def iter_batches(
     readers = {"parquet": _parquet_batches, "csv": _csv_batches, "jsonl": _jsonl_batches}
     _check_content(path, fmt)
     yield from readers[fmt.name](path, fmt, batch_rows, numeric_columns)
+
+
+T = TypeVar("T")
+_END = object()
+
+
+class _Raised:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+def read_ahead(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """Iterate `items` in a thread, at most `depth` items ahead of the consumer.
+
+    Decoding the next row batch (pyarrow and numpy release the GIL) then overlaps the work on
+    this one; the bounded queue keeps memory bounded. An exception of `items` is raised here;
+    closing this iterator early stops the thread and closes `items`.
+    """
+    ready: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
+    closed = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not closed.is_set():
+            try:
+                ready.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        source = iter(items)
+        try:
+            for item in source:
+                if not put(item):
+                    return
+            put(_END)
+        except BaseException as exc:
+            put(_Raised(exc))
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="read-ahead", daemon=True)
+    thread.start()
+    try:
+        while (item := ready.get()) is not _END:
+            if isinstance(item, _Raised):
+                raise item.exc
+            yield item
+    finally:
+        closed.set()
+        thread.join()
 
 
 def _check_content(path: str, fmt: FileFormat) -> None:

@@ -236,3 +236,95 @@ def test_a_synchronous_invoke_beyond_reserved_concurrency_is_throttled(
 
     assert raised.value.response["Error"]["Code"] == "TooManyRequestsException"
     assert lambda_runtime.wait_idle(20)
+
+
+# Counts its invocations in a module global, which a warm environment keeps.
+COUNTING = """
+import os
+
+calls = 0
+
+def handler(event, context):
+    global calls
+    calls += 1
+    if event.get("crash"):
+        os._exit(9)
+    if event.get("sleep"):
+        import time
+        time.sleep(event["sleep"])
+    return {"pid": os.getpid(), "calls": calls, "stream": context.log_stream_name}
+"""
+
+
+def invoke_json(client: Any, name: str, event: dict[str, Any]) -> dict[str, Any]:
+    response = client.invoke(FunctionName=name, Payload=json.dumps(event))
+    return json.loads(response["Payload"].read())
+
+
+def test_invocations_reuse_a_warm_environment_and_its_globals(
+    lambda_runtime: LambdaRuntime, make_function: Callable[..., str], aws: Callable[[str], Any]
+) -> None:
+    name = make_function("counting", COUNTING, Timeout=5)
+    client = aws("lambda")
+
+    first = invoke_json(client, name, {})
+    second = invoke_json(client, name, {})
+
+    assert second["pid"] == first["pid"]
+    assert (first["calls"], second["calls"]) == (1, 2)
+    assert second["stream"] == first["stream"], "one log stream per environment, as on AWS"
+    assert lambda_runtime.environments(name) == [first["pid"]]
+
+
+def test_a_crashed_environment_is_replaced(
+    lambda_runtime: LambdaRuntime, make_function: Callable[..., str], aws: Callable[[str], Any]
+) -> None:
+    name = make_function("crashing", COUNTING, Timeout=5)
+    client = aws("lambda")
+    before = invoke_json(client, name, {})
+
+    response = client.invoke(FunctionName=name, Payload=json.dumps({"crash": True}))
+    after = invoke_json(client, name, {})
+
+    assert response["FunctionError"] == "Unhandled"
+    error = json.loads(response["Payload"].read())
+    assert error["errorType"] == "Runtime.ExitError"
+    assert "exit status 9" in error["errorMessage"]
+    assert after["pid"] != before["pid"]
+    assert after["calls"] == 1, "a fresh environment starts with fresh globals"
+
+
+def test_a_timed_out_environment_is_replaced(
+    lambda_runtime: LambdaRuntime, make_function: Callable[..., str], aws: Callable[[str], Any]
+) -> None:
+    name = make_function("slow", COUNTING, Timeout=1)
+    client = aws("lambda")
+    before = invoke_json(client, name, {})
+
+    timed_out = invoke_json(client, name, {"sleep": 5})
+    after = invoke_json(client, name, {})
+
+    assert timed_out["errorType"] == "Sandbox.Timedout"
+    assert after["pid"] != before["pid"]
+    assert after["calls"] == 1
+
+
+def test_the_pool_grows_with_concurrent_invocations_within_reserved_concurrency(
+    lambda_runtime: LambdaRuntime,
+    make_function: Callable[..., str],
+    aws: Callable[[str], Any],
+) -> None:
+    name = make_function("parallel", COUNTING, Timeout=10)
+    client = aws("lambda")
+    for _ in range(2):
+        client.invoke(FunctionName=name, InvocationType="Event", Payload=b'{"sleep": 1.5}')
+    wait_until(lambda: len(lambda_runtime.environments(name)) == 2, 10, "two environments")
+    assert lambda_runtime.running(name) == 2
+    assert lambda_runtime.wait_idle(20)
+
+    client.put_function_concurrency(FunctionName=name, ReservedConcurrentExecutions=1)
+    for _ in range(3):
+        client.invoke(FunctionName=name, InvocationType="Event", Payload=b'{"sleep": 0.3}')
+    assert lambda_runtime.wait_idle(20)
+
+    assert len(lambda_runtime.environments(name)) == 2, "warm ones were reused, none added"

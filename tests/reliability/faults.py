@@ -228,26 +228,53 @@ class InvocationKill:
 
 
 def kill_invocation(cloud: LocalCloudProcess, deadline: float, prefer: float) -> InvocationKill:
-    """SIGKILL a running invocation of the batch trigger, preferably (for ``prefer`` seconds)
-    one between its "queued" and "summary" log lines; fail if none runs before the deadline."""
+    """SIGKILL the execution environment running an invocation of the batch trigger,
+    preferably (for ``prefer`` seconds) one between its "queued" and "summary" log lines;
+    fail if none runs before the deadline.
+
+    Environments are warm processes that serve one invocation after another, so the running
+    request is read from the log (a START without its END), and the kill is made only while
+    exactly one request runs and one environment exists (the trigger's reserved concurrency
+    is 1), so the request the kill interrupts is known.
+    """
     follower = LogFollower(cloud.log_path)
-    queued: set[str] = set()
-    finished: set[str] = set()
+    log = InvocationLog()
     started = time.monotonic()
     while time.monotonic() - started < deadline:
-        for entry in json_lines(follower.new_lines(), "lambda:"):
-            if entry.get("message") == "queued":
-                queued.add(entry.get("request_id", ""))
-            elif entry.get("message") == "summary":
-                finished.add(entry.get("request_id", ""))
+        log.read(follower.new_lines())
         late = time.monotonic() - started >= prefer
-        for seen in lambda_invocations(cloud):
-            request_id = request_id_of(seen)
-            mid_event = request_id in queued and request_id not in finished
-            if request_id and (mid_event or late) and sigkill(seen):
+        environments = lambda_invocations(cloud)
+        if len(log.running) == 1 and len(environments) == 1:
+            (request_id,) = log.running
+            mid_event = request_id in log.queued and request_id not in log.finished
+            if (mid_event or late) and sigkill(environments[0]):
                 return InvocationKill(request_id, mid_event, time.monotonic() - started)
         time.sleep(0.005)
     raise AssertionError(f"no Lambda invocation ran within {deadline:g} s\n{cloud.log_tail()}")
+
+
+@dataclass
+class InvocationLog:
+    """What the trigger's log lines say about its invocations so far."""
+
+    running: set[str] = field(default_factory=set)
+    queued: set[str] = field(default_factory=set)
+    finished: set[str] = field(default_factory=set)
+
+    def read(self, lines: list[str]) -> None:
+        for line in lines:
+            name, _, text = line.partition(" | ")
+            if not name.startswith("lambda:"):
+                continue
+            if text.startswith("START RequestId: "):
+                self.running.add(text.split()[2])
+            elif text.startswith("END RequestId: "):
+                self.running.discard(text.split()[2])
+        for entry in json_lines(lines, "lambda:"):
+            if entry.get("message") == "queued":
+                self.queued.add(entry.get("request_id", ""))
+            elif entry.get("message") == "summary":
+                self.finished.add(entry.get("request_id", ""))
 
 
 # -- S3 events, delivered again ----------------------------------------------------------
@@ -339,10 +366,3 @@ def json_lines(lines: list[str], source: str) -> list[dict[str, Any]]:
             with contextlib.suppress(ValueError):
                 entries.append(json.loads(text))
     return entries
-
-
-def request_id_of(seen: Seen) -> str | None:
-    """The request id a Lambda bootstrap process runs (its last argument is the context)."""
-    with contextlib.suppress(psutil.Error, ValueError, IndexError):
-        return json.loads(psutil.Process(seen.pid).cmdline()[-1])["request_id"]
-    return None

@@ -3,7 +3,8 @@
 One ``python -m localcloud up`` (MaxWorkers 3, FilesPerWorker 2, WorkerVisibilitySeconds 5,
 Lambda retry delays scaled to 3 s and 6 s) takes 200 files in bursts of 40: parquet, CSV,
 gzip'd CSV and JSON Lines, six of them poison from the catalogue. Meanwhile a fault injector
-SIGKILLs a running worker ten times (a busy one when it can find one: a worker holding a file
+SIGKILLs a running worker ten times, about every two seconds (the next burst is uploaded once
+its share of the kills is done, so files are in work for every kill however fast they go) (a busy one when it can find one: a worker holding a file
 open in its scratch folder) and one invocation of the batch trigger, between its "queued"
 and "summary" log lines when it can, so its retry queues those objects a second time.
 
@@ -71,7 +72,7 @@ PARAMETERS = {
 FILES = 200
 BURST = 40
 WORKER_KILLS = 10
-KILL_INTERVAL = 5.0
+KILL_INTERVAL = 2.0
 BUSY_PATIENCE = 3.0
 MIN_WORKER_AGE = 1.0
 LAMBDA_KILL_DEADLINE = 90.0
@@ -186,8 +187,10 @@ class ChaosRun:
         }
 
 
-def upload_in_bursts(cloud: LocalCloudProcess, inputs: list[Input]) -> None:
-    """40 files at once; the next 40 once all but one burst's worth have a report."""
+def upload_in_bursts(cloud: LocalCloudProcess, inputs: list[Input], killer: WorkerKiller) -> None:
+    """40 files at once; the next 40 once all but one burst's worth have a report and the
+    kills so far are the earlier bursts' share."""
+    bursts = math.ceil(len(inputs) / BURST)
     s3 = cloud.client("s3")
     bucket = cloud.outputs["InputBucketName"]
 
@@ -197,10 +200,13 @@ def upload_in_bursts(cloud: LocalCloudProcess, inputs: list[Input]) -> None:
     with ThreadPoolExecutor(max_workers=8) as pool:
         for start in range(0, len(inputs), BURST):
             if start:
+                share = WORKER_KILLS * (start // BURST) // bursts
                 wait_for(
-                    lambda start=start: len(listed_reports(cloud)) >= start - BURST,
+                    lambda start=start, share=share: (
+                        len(killer.kills) >= share and len(listed_reports(cloud)) >= start - BURST
+                    ),
                     BATCH_DEADLINE,
-                    f"reports of the files before burst {start // BURST}",
+                    f"{share} kills and the reports of the files before burst {start // BURST}",
                     interval=0.5,
                     context=cloud.log_tail,
                 )
@@ -257,7 +263,7 @@ def run_chaos(cloud: FaultCloud, inputs: list[Input], keys: list[str], bundle: B
     killer = WorkerKiller(cloud, WORKER_KILLS, KILL_INTERVAL, BUSY_PATIENCE, MIN_WORKER_AGE)
     with WorkerWatch(cloud) as watch, killer, ThreadPoolExecutor(max_workers=1) as pool:
         lambda_kill = pool.submit(kill_invocation, cloud, LAMBDA_KILL_DEADLINE, LAMBDA_KILL_PREFER)
-        upload_in_bursts(cloud, inputs)
+        upload_in_bursts(cloud, inputs, killer)
         wait_for(killer.done, BATCH_DEADLINE, f"{WORKER_KILLS} worker kills", interval=0.5)
         wait_for(
             lambda: set(keys) <= listed_reports(cloud) or sum(queue_counts(cloud, DLQ)) > 0,

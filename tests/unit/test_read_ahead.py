@@ -1,0 +1,64 @@
+"""formats.read_ahead: the stage that overlaps reading the next row batches with the work
+on this one (the worker's transform_file chains two of them)."""
+
+import threading
+import time
+
+import pytest
+
+from service.formats import read_ahead
+
+
+def test_yields_every_item_in_order():
+    assert list(read_ahead(iter(range(1000)), depth=2)) == list(range(1000))
+
+
+def test_reads_at_most_depth_items_ahead_of_the_consumer():
+    produced = []
+
+    def source():
+        for number in range(50):
+            produced.append(number)
+            yield number
+
+    items = read_ahead(source(), depth=2)
+    assert next(items) == 0
+    deadline = time.monotonic() + 5
+    while len(produced) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)
+    # one handed out, two queued, one produced and waiting for room
+    assert len(produced) <= 1 + 2 + 1
+    items.close()
+
+
+def test_an_error_of_the_source_is_raised_to_the_consumer_after_the_items_before_it():
+    def source():
+        yield 1
+        yield 2
+        raise ValueError("bad row group")
+
+    items = read_ahead(source())
+    assert [next(items), next(items)] == [1, 2]
+    with pytest.raises(ValueError, match="bad row group"):
+        next(items)
+
+
+def test_closing_early_stops_the_thread_and_closes_the_source():
+    closed = threading.Event()
+
+    def source():
+        try:
+            yield from range(10_000)
+        finally:
+            closed.set()
+
+    before = threading.active_count()
+    items = read_ahead(source(), depth=2)
+    assert next(items) == 0
+    items.close()
+    assert closed.wait(5), "the source was not closed"
+    deadline = time.monotonic() + 5
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert threading.active_count() == before
