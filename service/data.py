@@ -7,9 +7,12 @@ worker both call it, so a change here applies to both.
 
 import functools
 import warnings
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import sklearn
+from sklearn.preprocessing import StandardScaler
 
 from service.artifacts import Bundle
 from service.errors import InvalidData
@@ -30,16 +33,38 @@ def prepare_data(frame: pd.DataFrame, bundle: Bundle) -> np.ndarray:
         features = np.where(missing, means, features)
     if bundle.scaler is None:
         return features
-    with warnings.catch_warnings(), np.errstate(over="ignore", invalid="ignore"):
-        warnings.filterwarnings("ignore", message="X does not have valid feature names")
-        scaled = bundle.scaler.transform(features)
+    scaled = _scale(bundle.scaler, features)
     _reject_overflow(scaled, bundle.columns)
     return scaled
 
 
+def _scale(scaler: Any, features: np.ndarray) -> np.ndarray:
+    """The scaler's transform. A plain StandardScaler's is two array operations, done
+    here as sklearn does them (same result, bit for bit): its input checks cost
+    ~70 us, more than the arithmetic, on every single-row request."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if _is_plain_standard_scaler(scaler, features.shape[1]):
+            scaled = features - scaler.mean_ if scaler.with_mean else features.copy()
+            if scaler.with_std:
+                scaled /= scaler.scale_
+            return scaled
+        with warnings.catch_warnings(), sklearn.config_context(assume_finite=True):
+            warnings.filterwarnings("ignore", message="X does not have valid feature names")
+            return scaler.transform(features)
+
+
+def _is_plain_standard_scaler(scaler: Any, width: int) -> bool:
+    """Exactly StandardScaler, fitted on this many features, returning arrays."""
+    return (
+        type(scaler) is StandardScaler
+        and getattr(scaler, "n_features_in_", None) == width
+        and getattr(scaler, "_sklearn_output_config", {}).get("transform", "default") == "default"
+    )
+
+
 def require_columns(frame: pd.DataFrame, columns: tuple[str, ...] | list[str]) -> None:
     """Raise InvalidData listing every required column the input lacks."""
-    present = set(frame.columns)
+    present = set(frame.columns.tolist())
     missing = [column for column in columns if column not in present]
     if missing:
         shown = ", ".join(missing[:20]) + (
@@ -62,7 +87,7 @@ def _feature_matrix(frame: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray
     """The columns as one float64 matrix; small all-numeric frames take a fast path
     (pandas' label selection costs more than the model on a single row)."""
     if len(frame) <= SMALL_FRAME_ROWS and all(_is_number_kind(t) for t in frame.dtypes):
-        positions = _positions(tuple(frame.columns), columns)
+        positions = _positions(tuple(frame.columns.tolist()), columns)
         return frame.to_numpy(dtype=np.float64, na_value=np.nan)[:, positions]
     selected = frame[list(columns)]
     if all(_is_number_kind(dtype) for dtype in selected.dtypes):

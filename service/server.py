@@ -1,9 +1,10 @@
 """Serve the app with waitress on every core, and stop gracefully.
 
 The parent binds one listening socket and forks WORKERS processes that each run
-waitress (THREADS request threads) on that inherited socket, so the kernel
-spreads connections over them and no port juggling is needed. Each process has
-its own ModelStore, which polls MODEL_URI for a new bundle.
+waitress (THREADS request threads) on that inherited socket, so no port juggling
+is needed; a process holding more connections than another leaves new ones to it
+(ConnectionCounts), so a burst of connections is spread over all of them. Each
+process has its own ModelStore, which polls MODEL_URI for a new bundle.
 
 The parent only supervises: it restarts a process that dies, and on SIGTERM or
 SIGINT forwards SIGTERM to every process. A process then closes its listener,
@@ -15,6 +16,7 @@ allow between SIGTERM and SIGKILL.
 
 import contextlib
 import logging
+import mmap
 import os
 import select
 import signal
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 DRAIN_SECONDS = 20.0
 KILL_AFTER_SECONDS = 25.0
 TICK_SECONDS = 0.2
+ACCEPT_DEFER_SECONDS = 0.005
 QUEUE_LOG_SECONDS = 10.0
 RESTART_BACKOFF_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 STABLE_SECONDS = 30.0
@@ -74,6 +77,50 @@ def bind(host: str, port: int) -> socket.socket:
     listener.listen(1024)
     listener.set_inheritable(True)
     return listener
+
+
+# -- spreading connections over the processes ----------------------------------------
+
+
+class ConnectionCounts:
+    """Open connections per server process, in memory shared across the fork.
+
+    Every process polls the one listener, so the first to wake takes a burst of new
+    connections (wrk's 16 arrive at once) and serves them all on one core while the
+    others idle. With these counts a process holding more connections than another
+    leaves a new one to it. NOT_ACCEPTING marks a slot that does not accept (loading,
+    stopping, gone). Create it before forking.
+    """
+
+    NOT_ACCEPTING = 1 << 62
+
+    def __init__(self, slots: int) -> None:
+        self._block = mmap.mmap(-1, 8 * slots)
+        self.cells = memoryview(self._block).cast("q")
+        for slot in range(slots):
+            self.clear(slot)
+
+    def clear(self, slot: int) -> None:
+        self.cells[slot] = self.NOT_ACCEPTING
+
+    def balance(self, slot: int) -> "AcceptBalance":
+        return AcceptBalance(self, slot)
+
+
+class AcceptBalance:
+    """One process's view: publish its count, and say whether a new connection is its to take."""
+
+    def __init__(self, counts: ConnectionCounts, slot: int) -> None:
+        self.cells = counts.cells
+        self.slot = slot
+
+    def my_turn(self, mine: int) -> bool:
+        """True unless another accepting process holds fewer connections."""
+        self.cells[self.slot] = mine
+        return mine <= min(self.cells)
+
+    def close(self) -> None:
+        self.cells[self.slot] = ConnectionCounts.NOT_ACCEPTING
 
 
 # -- one server process --------------------------------------------------------------
@@ -125,7 +172,13 @@ class _Channel(HTTPChannel):
 class ProcessServer:
     """waitress on the shared listener, driven by our loop so it can stop gracefully."""
 
-    def __init__(self, app: Any, listener: socket.socket, settings: ServeSettings) -> None:
+    def __init__(
+        self,
+        app: Any,
+        listener: socket.socket,
+        settings: ServeSettings,
+        balance: AcceptBalance | None = None,
+    ) -> None:
         body_limit = int(settings.max_request_mb * 1024 * 1024)
         self.server = create_server(
             app,
@@ -143,6 +196,14 @@ class ProcessServer:
         self.server.recorder = app.metrics
         self.server.accepting = False
         self.stopping = False
+        self.balance = balance
+        self.deferred_at: float | None = None
+        self.accept_now = False
+        if balance is not None:
+            self._server_readable = self.server.readable
+            self._server_accept = self.server.handle_accept
+            self.server.readable = self._readable
+            self.server.handle_accept = self._handle_accept
 
     def open(self) -> None:
         """Start accepting connections (until then the kernel hands them to other processes)."""
@@ -157,7 +218,7 @@ class ProcessServer:
         channels = self.server._map
         next_tick = 0.0
         while not self.stopping:
-            wasyncore.poll2(TICK_SECONDS, channels)
+            wasyncore.poll2(self._poll_timeout(), channels)
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + TICK_SECONDS
@@ -166,10 +227,42 @@ class ProcessServer:
     def stop(self, *_: object) -> None:
         self.stopping = True
 
+    def _poll_timeout(self) -> float:
+        if self.deferred_at is None:
+            return TICK_SECONDS
+        # poll counts whole milliseconds: round up rather than spin at 0
+        return max(0.001, self.deferred_at + ACCEPT_DEFER_SECONDS - time.monotonic() + 0.001)
+
+    def _readable(self) -> bool:
+        """The listener is watched unless a connection waits for a process with fewer
+        connections: that one gets ACCEPT_DEFER_SECONDS to take it, then this one does."""
+        self.accept_now = False
+        if not self._server_readable():
+            return False
+        assert self.balance is not None
+        if self.balance.my_turn(len(self.server.active_channels)) or self.deferred_at is None:
+            self.deferred_at = None
+            return True
+        if time.monotonic() - self.deferred_at < ACCEPT_DEFER_SECONDS:
+            return False
+        self.deferred_at = None
+        self.accept_now = True
+        return True
+
+    def _handle_accept(self) -> None:
+        assert self.balance is not None
+        if self.accept_now or self.balance.my_turn(len(self.server.active_channels)):
+            self.accept_now = False
+            self._server_accept()
+        else:
+            self.deferred_at = time.monotonic()
+
     def drain(self, seconds: float = DRAIN_SECONDS) -> bool:
         """Stop accepting, finish requests in flight, close idle connections. True if all done."""
         server = self.server
         server.draining = True
+        if self.balance is not None:
+            self.balance.close()
         wasyncore.dispatcher.close(server)
         deadline = time.monotonic() + seconds
         channels = server._map
@@ -215,6 +308,7 @@ def serve_process(
     recorder: metrics.SlotMetrics,
     report: Callable[[ModelStore], None],
     parent: int | None = None,
+    balance: AcceptBalance | None = None,
 ) -> int:
     """One server process: its own ModelStore and waitress, until told to stop.
 
@@ -225,7 +319,7 @@ def serve_process(
     """
     store = ModelStore(settings.model_uri, settings.model_poll_seconds)
     app = create_app(store, settings, recorder)
-    process = ProcessServer(app, listener, settings)
+    process = ProcessServer(app, listener, settings, balance)
     queue_log = logging.getLogger("waitress.queue")
     if not any(isinstance(f, QueueDepthSummary) for f in queue_log.filters):
         queue_log.addFilter(QueueDepthSummary())
@@ -289,6 +383,7 @@ class Supervisor:
         self.listener = listener
         self.settings = settings
         self.shared = shared
+        self.connections = ConnectionCounts(settings.workers)
         self.children: dict[int, int] = {}
         self.started: dict[int, float] = {}
         self.failures: dict[int, int] = {}
@@ -357,7 +452,12 @@ class Supervisor:
                 os.write(status, line + b"\n")
 
             code = serve_process(
-                self.listener, self.settings, self.shared.slot(slot), report, os.getppid()
+                self.listener,
+                self.settings,
+                self.shared.slot(slot),
+                report,
+                os.getppid(),
+                self.connections.balance(slot),
             )
         except BaseException:
             log.exception("server process %d failed", os.getpid())
@@ -411,6 +511,7 @@ class Supervisor:
                 continue
             gone.append(slot)
             self.shared.clear(slot)
+            self.connections.clear(slot)
             self.ready.pop(slot, None)
             if not self.stop_signals:
                 self._schedule_restart(slot, pid, status)

@@ -6,6 +6,8 @@ import orjson
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from service import formats
 from service.errors import InvalidData, MalformedBody, NotAcceptable, UnsupportedMediaType
@@ -219,3 +221,32 @@ def test_batch_writer_round_trips(bundle, sample_frame, tmp_path, output_format)
         back = pd.read_json(path, lines=True)
     assert back["id"].tolist() == out["id"].tolist()
     np.testing.assert_allclose(back["activation"], out["activation"], atol=1e-12)
+
+
+_CELLS = st.one_of(
+    st.integers(-(2**64), 2**64),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.none(),
+    st.booleans(),
+    st.text(max_size=2),
+)
+_TABLES = st.integers(1, 5).flatmap(
+    lambda width: st.tuples(
+        st.lists(st.text(min_size=1, max_size=3), min_size=width, max_size=width, unique=True),
+        st.lists(st.lists(_CELLS, min_size=width, max_size=width), min_size=1, max_size=70),
+    )
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_TABLES)
+def test_small_json_frames_equal_pandas(table):
+    columns, rows = table
+    fast = formats._small_numeric_frame(columns, rows)
+    if fast is not None:
+        expected = pd.DataFrame(rows, columns=columns)
+        pd.testing.assert_frame_equal(fast, expected, check_exact=True)
+    records = [dict(zip(columns, row, strict=True)) for row in rows]
+    fast = formats._small_records_frame(records)
+    if fast is not None:
+        pd.testing.assert_frame_equal(fast, pd.DataFrame.from_records(records), check_exact=True)

@@ -576,3 +576,77 @@ def test_the_server_disables_nagle_on_accepted_connections(store: FakeStore) -> 
         client.close()
         process.drain(seconds=1)
         listener.close()
+
+
+def _queue_record() -> logging.LogRecord:
+    return logging.LogRecord(
+        "waitress.queue", logging.WARNING, "", 0, "Task queue depth is %d", (1,), None
+    )
+
+
+def test_queue_depth_warning_is_summarised():
+    from service.server import QueueDepthSummary
+
+    summary = QueueDepthSummary(interval=60)
+    assert summary.filter(_queue_record())
+    assert not any(summary.filter(_queue_record()) for _ in range(5))
+    summary.next_line = 0.0
+    last = _queue_record()
+    assert summary.filter(last)
+    assert last.getMessage() == "Task queue depth is 1 (and 5 times more since the last such line)"
+
+
+def test_a_process_takes_a_connection_unless_another_holds_fewer() -> None:
+    from service.server import ConnectionCounts
+
+    counts = ConnectionCounts(3)
+    first, second = counts.balance(0), counts.balance(1)
+    assert first.my_turn(0)  # slots that do not accept do not count
+    assert second.my_turn(0)
+    assert not first.my_turn(1)
+    assert second.my_turn(1)
+    second.close()
+    assert first.my_turn(1)
+    counts.clear(0)
+    assert set(counts.cells) == {ConnectionCounts.NOT_ACCEPTING}
+
+
+def test_a_busier_process_leaves_a_new_connection_to_another_then_takes_it(
+    store: FakeStore,
+) -> None:
+    """The other process gets ACCEPT_DEFER_SECONDS; if it does not accept, this one does."""
+    import socket
+    import time
+
+    from service.server import ACCEPT_DEFER_SECONDS, ConnectionCounts, ProcessServer, bind
+
+    listener = bind("127.0.0.1", 0)
+    settings = SimpleNamespace(threads=1, max_request_mb=1, workers=2, api_key=None)
+    counts = ConnectionCounts(2)
+    counts.cells[1] = 0  # an idle sibling that never accepts
+    process = ProcessServer(create_app(store, settings), listener, settings, counts.balance(0))
+    process.open()
+    clients = [socket.create_connection(listener.getsockname())]
+    try:
+        _poll_until(process, channels=1)
+        clients.append(socket.create_connection(listener.getsockname()))
+        started = time.monotonic()
+        _poll_until(process, channels=2)
+        assert time.monotonic() - started >= ACCEPT_DEFER_SECONDS
+        assert counts.cells[0] >= 1
+    finally:
+        for client in clients:
+            client.close()
+        process.drain(seconds=1)
+        listener.close()
+    assert counts.cells[0] == ConnectionCounts.NOT_ACCEPTING
+
+
+def _poll_until(process, channels: int) -> None:
+    from waitress import wasyncore
+
+    for _ in range(200):
+        wasyncore.poll2(process._poll_timeout(), process.server._map)
+        if len(process.server.active_channels) >= channels:
+            return
+    raise AssertionError(f"the server did not accept {channels} connections")
