@@ -471,6 +471,8 @@ def test_worker_task_definition(resources: dict[str, Any]) -> None:
     } <= names
     visibility = next(i for i in worker["Environment"] if i["Name"] == "VISIBILITY_SECONDS")
     assert visibility["Value"] == {"Fn::Sub": "${WorkerVisibilitySeconds}"}
+    poll = next(i for i in worker["Environment"] if i["Name"] == "WAIT_SECONDS")
+    assert poll["Value"] == {"Fn::Sub": "${WorkerPollSeconds}"}
     assert worker["LogConfiguration"]["Options"]["awslogs-group"] == {"Ref": "WorkerLogGroup"}
 
 
