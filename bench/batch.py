@@ -36,8 +36,8 @@ import psutil
 
 from bench import datagen
 from bench.cloud import REPO_ROOT, STACK_NAME, Cloud, wait_object
-from bench.processes import wait_for
 from bench.stats import DATA_DIR, Recorder
+from localcloud.waiting import wait_until
 
 PARTS = ("throughput", "latency", "memory", "scaling")
 SCALING_FILES = 40
@@ -58,7 +58,7 @@ def run(parts: list[str], rounds: int = 5) -> Recorder:
         if {"throughput", "latency", "memory"} & set(parts):
             cloud = Cloud(work / "main", MAIN_PARAMETERS, schedule_scale=1.0).start()
             try:
-                bundle = download_bundle(cloud, work / "bundle")
+                bundle = load_served_bundle(cloud)
                 if "throughput" in parts:
                     throughput(cloud, bundle, files["1m"], rounds, recorder, work)
                 if "latency" in parts:
@@ -77,18 +77,11 @@ def run(parts: list[str], rounds: int = 5) -> Recorder:
 # -- helpers ----------------------------------------------------------------------------
 
 
-def download_bundle(cloud: Cloud, folder: Path) -> Any:
-    """The bundle the stack serves, loaded in this process for the limit."""
-    from service.artifacts import load_bundle
+def load_served_bundle(cloud: Cloud) -> Any:
+    """The bundle the stack serves, read and verified from the local S3 in this process."""
+    from service.artifacts import S3Source, load_bundle
 
-    bucket, _, prefix = cloud.outputs["ModelUri"].removeprefix("s3://").partition("/")
-    s3 = cloud.client("s3")
-    folder.mkdir(parents=True, exist_ok=True)
-    for item in s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]:
-        name = item["Key"][len(prefix) :]
-        if name and "/" not in name:
-            s3.download_file(bucket, item["Key"], str(folder / name))
-    return load_bundle(str(folder))
+    return load_bundle(S3Source(cloud.outputs["ModelUri"], cloud.client("s3")))
 
 
 def batch_rows() -> int:
@@ -158,7 +151,7 @@ def worker_phases(cloud: Cloud, key: str, timeout: float = 15) -> dict[str, floa
         return None
 
     with contextlib.suppress(TimeoutError):
-        return wait_for(find, timeout, f"the worker's log line for {key}", 0.5)
+        return wait_until(find, timeout, f"the worker's log line for {key}", 0.5)
     return {}
 
 
@@ -490,7 +483,7 @@ def upload_many(cloud: Cloud, source: Path, folder: str) -> float:
         listed = s3.list_objects_v2(Bucket=cloud.outputs["OutputBucketName"], Prefix=prefix)
         return listed.get("KeyCount", 0) >= len(keys)
 
-    wait_for(all_outputs, OUTPUT_SECONDS, f"{len(keys)} outputs under {prefix}", 0.1)
+    wait_until(all_outputs, OUTPUT_SECONDS, f"{len(keys)} outputs under {prefix}", 0.1)
     seconds = time.monotonic() - started
     s3.delete_objects(Bucket=inputs, Delete={"Objects": [{"Key": key} for key in keys]})
     return seconds

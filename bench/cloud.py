@@ -17,8 +17,10 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from bench.processes import LOOPBACK, Managed, free_port, http_status, wait_for
+from bench.processes import LOOPBACK, Managed, free_port, http_status
 from bench.stats import DATA_DIR
+from localcloud.procs import aws_environment
+from localcloud.waiting import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOCAL_PARAMS = REPO_ROOT / "infra" / "params" / "local.json"
@@ -87,13 +89,13 @@ class Cloud:
             cwd=REPO_ROOT,
             on_line=self._line,
         )
-        wait_for(lambda: self._ready.is_set() or not self.process.alive(), 240, "the local cloud")
+        wait_until(lambda: self._ready.is_set() or not self.process.alive(), 240, "the local cloud")
         if not self._ready.is_set():
             raise RuntimeError(f"localcloud up exited:\n{self.process.describe()}")
         stack = self.client("cloudformation").describe_stacks(StackName=STACK_NAME)["Stacks"][0]
         self.outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
         self.parameters = {p["ParameterKey"]: p["ParameterValue"] for p in stack["Parameters"]}
-        wait_for(lambda: http_status(self.outputs["EndpointUrl"] + "/ping") == 200, 90, "/ping")
+        wait_until(lambda: http_status(self.outputs["EndpointUrl"] + "/ping") == 200, 90, "/ping")
         return self
 
     def _line(self, line: str) -> None:
@@ -122,16 +124,7 @@ class Cloud:
     def environment(self) -> dict[str, str]:
         """What a person exports before running `python -m service worker` against it."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-        env.update(
-            AWS_ENDPOINT_URL=self.url,
-            AWS_DEFAULT_REGION=REGION,
-            AWS_REGION=REGION,
-            AWS_ACCESS_KEY_ID=DUMMY_KEY,
-            AWS_SECRET_ACCESS_KEY=DUMMY_KEY,
-            AWS_CONFIG_FILE=os.devnull,
-            AWS_SHARED_CREDENTIALS_FILE=os.devnull,
-            AWS_EC2_METADATA_DISABLED="true",
-        )
+        env.update(aws_environment(self.url, REGION))
         return env
 
     def worker_environment(self) -> dict[str, str]:
@@ -172,7 +165,7 @@ class Cloud:
             running = self.running_workers()
             for arn in running:
                 ecs.stop_task(cluster=cluster, task=arn, reason="benchmark: cold start")
-            wait_for(lambda: not self.worker_pids(), timeout, "worker processes to exit", 0.2)
+            wait_until(lambda: not self.worker_pids(), timeout, "worker processes to exit", 0.2)
             if not self.running_workers() and not self.worker_pids():
                 return
             if time.monotonic() > deadline:
@@ -191,7 +184,7 @@ class Cloud:
             )["Attributes"]
             return all(int(attributes.get(name, 0)) == 0 for name in names)
 
-        wait_for(quiet, timeout, "the queue and the trigger to be idle", 0.2)
+        wait_until(quiet, timeout, "the queue and the trigger to be idle", 0.2)
 
     def lambda_busy(self) -> bool:
         """Whether a Lambda invocation runs now: a START without its END in the functions'
@@ -224,10 +217,10 @@ class Cloud:
         ]
 
     def wait_no_workers(self, timeout: float) -> None:
-        wait_for(lambda: not self.worker_pids(), timeout, "the workers to idle out", 0.2)
+        wait_until(lambda: not self.worker_pids(), timeout, "the workers to idle out", 0.2)
 
     def wait_workers(self, count: int, timeout: float = 60) -> None:
-        wait_for(lambda: len(self.worker_pids()) >= count, timeout, f"{count} workers", 0.1)
+        wait_until(lambda: len(self.worker_pids()) >= count, timeout, f"{count} workers", 0.1)
 
 
 def _cmdline_has(process: Any, text: str) -> bool:

@@ -28,8 +28,9 @@ import orjson
 import pandas as pd
 
 from bench import datagen
-from bench.processes import LOOPBACK, Managed, free_port, http_status, wait_for
+from bench.processes import LOOPBACK, Managed, free_port, http_status
 from bench.stats import DATA_DIR, Recorder
+from localcloud.waiting import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LUA = Path(__file__).resolve().parent / "wrk" / "post.lua"
@@ -199,7 +200,7 @@ def _wait_ping(server: Managed, port: int) -> None:
             raise RuntimeError(f"{server.name} exited:\n{server.describe()}")
         return http_status(f"http://{LOOPBACK}:{port}/ping") == 200
 
-    wait_for(ready, 180, f"{server.name} /ping")
+    wait_until(ready, 180, f"{server.name} /ping")
 
 
 def post(url: str, body: Body) -> bytes:

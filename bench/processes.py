@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections import deque
@@ -135,17 +134,6 @@ def install_cleanup() -> None:
     """Stop our servers at exit, and turn SIGTERM into the same path as Ctrl-C."""
     atexit.register(stop_all)
     signal.signal(signal.SIGTERM, _on_terminate)
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
 
 
 def http_status(url: str, timeout: float = 2.0) -> int | None:

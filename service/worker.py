@@ -324,7 +324,14 @@ class Worker:
                     out_key,
                     message="another worker wrote the output for this input ETag meanwhile",
                 )
-        report = batch.make_report(
+        report = self._succeeded(job, bundle, out_key, rows, started)
+        self._put_report(report)
+        return Outcome(batch.SUCCEEDED, Action.DELETE, report.seconds, out_key, rows, phases=phases)
+
+    def _succeeded(
+        self, job: JobMessage, bundle: Bundle, out_key: str, rows: int | None, started: float
+    ) -> Report:
+        return batch.make_report(
             job,
             status=batch.SUCCEEDED,
             seconds=time.monotonic() - started,
@@ -334,8 +341,6 @@ class Worker:
             output_key=out_key,
             rows=rows,
         )
-        self._put_report(report)
-        return Outcome(batch.SUCCEEDED, Action.DELETE, report.seconds, out_key, rows, phases=phases)
 
     def _report_failure(self, job: JobMessage, bundle: Bundle, outcome: Outcome) -> Outcome:
         """Record the failure; a failure that cannot be recorded is not final either."""
@@ -392,15 +397,8 @@ class Worker:
         while not self._reported(job, bundle):
             if time.monotonic() >= deadline:
                 rows = metadata.get(batch.META_ROWS, "")
-                restored = batch.make_report(
-                    job,
-                    status=batch.SUCCEEDED,
-                    seconds=time.monotonic() - started,
-                    model_name=bundle.name,
-                    model_version=bundle.version,
-                    output_bucket=self.settings.output_bucket,
-                    output_key=out_key,
-                    rows=int(rows) if rows.isdigit() else None,
+                restored = self._succeeded(
+                    job, bundle, out_key, int(rows) if rows.isdigit() else None, started
                 )
                 self._put_report(restored)
                 log_event(logging.WARNING, "report_restored", key=job.key, output_key=out_key)

@@ -13,14 +13,13 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from botocore.exceptions import ClientError
 
-from service.artifacts import Bundle, load_bundle
+from service.artifacts import Bundle, S3Source, load_bundle
 from tests.e2e.cloud_process import WORKER_COMMAND, LocalCloudProcess, wait_for
 
 STARTED_BY = "batch-worker"
@@ -89,16 +88,9 @@ def read_parquet(s3: Any, bucket: str, key: str) -> pd.DataFrame:
     return pd.read_parquet(io.BytesIO(body))
 
 
-def download_bundle(cloud: LocalCloudProcess, folder: Path) -> Bundle:
-    """The bundle the stack serves, copied to a folder and loaded in this process."""
-    bucket, _, prefix = cloud.outputs["ModelUri"].removeprefix("s3://").partition("/")
-    s3 = cloud.client("s3")
-    folder.mkdir(parents=True, exist_ok=True)
-    for item in s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]:
-        name = item["Key"][len(prefix) :]
-        if name and "/" not in name:
-            s3.download_file(bucket, item["Key"], str(folder / name))
-    return load_bundle(str(folder))
+def load_served_bundle(cloud: LocalCloudProcess) -> Bundle:
+    """The bundle the stack serves, read and verified from the local S3 in this process."""
+    return load_bundle(S3Source(cloud.outputs["ModelUri"], cloud.client("s3")))
 
 
 def assert_same_predictions(actual: pd.DataFrame, expected: pd.DataFrame) -> None:

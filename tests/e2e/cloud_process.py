@@ -16,19 +16,21 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import boto3
 import psutil
 from botocore.config import Config
+
+from localcloud.procs import aws_environment
+from tests.support import free_port, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOCAL_PARAMS = REPO_ROOT / "infra" / "params" / "local.json"
@@ -50,15 +52,6 @@ READY_LINE = "ready (Ctrl-C stops everything)"
 STOPPED_LINE = "| stopped"
 WORKER_COMMAND = "-m service worker"
 ENDPOINT_COMMAND = "-m service serve"
-
-T = TypeVar("T")
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind((LOOPBACK, 0))
-        return probe.getsockname()[1]
 
 
 def port_in_use(port: int) -> bool:
@@ -82,24 +75,6 @@ def port_owner(port: int) -> str:
     with contextlib.suppress(psutil.Error, TypeError, ValueError):
         return f"pid {pid}: {' '.join(psutil.Process(pid).cmdline())}"
     return "an unknown process"
-
-
-def wait_for(
-    condition: Callable[[], T],
-    timeout: float,
-    what: str,
-    interval: float = 0.2,
-    context: Callable[[], str] = str,
-) -> T:
-    """The first truthy value of ``condition()``; fail naming ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}\n{context()}")
-        time.sleep(interval)
 
 
 @functools.cache
@@ -395,15 +370,7 @@ class LocalCloudProcess:
     def user_environment(self) -> dict[str, str]:
         """What a person exports before running scripts against the local cloud."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-        env.update(
-            AWS_ENDPOINT_URL=self.aws_url,
-            AWS_DEFAULT_REGION=REGION,
-            AWS_REGION=REGION,
-            AWS_ACCESS_KEY_ID=DUMMY_KEY,
-            AWS_SECRET_ACCESS_KEY=DUMMY_KEY,
-            AWS_CONFIG_FILE=os.devnull,
-            AWS_SHARED_CREDENTIALS_FILE=os.devnull,
-        )
+        env.update(aws_environment(self.aws_url, REGION))
         return env
 
     @property

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from service.artifacts import Bundle
-from tests.e2e.batch_helpers import download_bundle
+from tests.e2e.batch_helpers import load_served_bundle
 from tests.e2e.cloud_process import LocalCloudProcess
 
 
@@ -77,8 +77,6 @@ def start_local_cloud(
 
 
 @pytest.fixture(scope="module")
-def served_bundle(
-    local_cloud: LocalCloudProcess, tmp_path_factory: pytest.TempPathFactory
-) -> Bundle:
+def served_bundle(local_cloud: LocalCloudProcess) -> Bundle:
     """The bundle the stack serves at start-up, loaded in this process for comparison."""
-    return download_bundle(local_cloud, tmp_path_factory.mktemp("bundle-v1"))
+    return load_served_bundle(local_cloud)

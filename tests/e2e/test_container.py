@@ -28,6 +28,8 @@ import yaml
 from botocore.exceptions import BotoCoreError, ClientError
 from botocore.parsers import ResponseParserError
 
+from tests.support import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 ENGINE = ROOT / "scripts" / "docker_engine.sh"
 COMPOSE_FILE = ROOT / "compose" / "docker-compose.yml"
@@ -66,12 +68,6 @@ def must(cmd: list[str], env: dict[str, str], timeout: float = 600):
         f"{' '.join(cmd)} exited {result.returncode}:\n{result.stderr[-3000:]}"
     )
     return result
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_port_free(port: int, seconds: float) -> None:

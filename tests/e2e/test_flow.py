@@ -21,7 +21,6 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -34,9 +33,9 @@ from service.model import predict
 from tests.e2e.batch_helpers import (
     WorkerWatch,
     assert_same_predictions,
-    download_bundle,
     get_json,
     head,
+    load_served_bundle,
     output_key,
     queue_counts,
     read_parquet,
@@ -355,7 +354,6 @@ def test_new_model_bundle_is_used_by_endpoint_and_batch_without_restart(
     local_cloud: LocalCloudProcess,
     served_bundle: Bundle,
     train_example: ModuleType,
-    tmp_path: Path,
 ) -> None:
     endpoint_before = {(p.pid, p.created) for p in local_cloud.processes(ENDPOINT_COMMAND)}
     assert len(endpoint_before) >= 2, endpoint_before
@@ -380,7 +378,7 @@ def test_new_model_bundle_is_used_by_endpoint_and_batch_without_restart(
         check=False,
     )
     assert trained.returncode == 0, trained.stdout + trained.stderr
-    new = download_bundle(local_cloud, tmp_path / "bundle-v2")
+    new = load_served_bundle(local_cloud)
     assert new.version == "2"
     rows = train_example.sample_rows(60, seed=21)
     expected = predict(new, rows)

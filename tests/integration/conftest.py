@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import sys
 import zipfile
 from collections.abc import Callable, Iterator
@@ -22,7 +21,8 @@ from localcloud.ecs_agent import CommandFor, ContainerLaunch, EcsAgent
 from localcloud.lambda_runtime import LambdaRuntime
 from localcloud.scheduler import Scheduler
 from localcloud.server import MotoServer
-from localcloud.settings import LOOPBACK, LocalCloudSettings
+from localcloud.settings import LocalCloudSettings
+from tests.support import free_port
 
 ROLE_POLICY = json.dumps(
     {
@@ -36,13 +36,6 @@ ROLE_POLICY = json.dumps(
         ],
     }
 )
-
-
-def free_port() -> int:
-    """A port nothing listens on right now, on the loopback interface only."""
-    with socket.socket() as probe:
-        probe.bind((LOOPBACK, 0))
-        return probe.getsockname()[1]
 
 
 def python_code_command(launch: ContainerLaunch) -> list[str]:

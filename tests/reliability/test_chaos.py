@@ -38,7 +38,7 @@ from service.model import predict
 from tests.e2e.batch_helpers import (
     WorkerWatch,
     assert_same_predictions,
-    download_bundle,
+    load_served_bundle,
     output_key,
     queue_counts,
     read_parquet,
@@ -252,7 +252,7 @@ def chaos(
     keys = [item.key for item in inputs]
     work = tmp_path_factory.mktemp("chaos")
     with fault_cloud(work, PARAMETERS) as cloud:
-        yield run_chaos(cloud, inputs, keys, download_bundle(cloud, work / "bundle"))
+        yield run_chaos(cloud, inputs, keys, load_served_bundle(cloud))
 
 
 def run_chaos(cloud: FaultCloud, inputs: list[Input], keys: list[str], bundle: Bundle) -> ChaosRun:

@@ -41,8 +41,8 @@ from service.artifacts import Bundle
 from service.model import predict
 from tests.e2e.batch_helpers import (
     assert_same_predictions,
-    download_bundle,
     get_json,
+    load_served_bundle,
     output_key,
     queue_counts,
     read_parquet,
@@ -217,7 +217,7 @@ def duplicates(
 ) -> Iterator[DuplicateRun]:
     work = tmp_path_factory.mktemp("duplicates")
     with fault_cloud(work, PARAMETERS) as cloud:
-        bundle = download_bundle(cloud, work / "bundle")
+        bundle = load_served_bundle(cloud)
         s3 = cloud.client("s3")
         out = cloud.outputs["OutputBucketName"]
         s3.put_bucket_versioning(Bucket=out, VersioningConfiguration={"Status": "Enabled"})

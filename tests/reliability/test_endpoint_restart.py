@@ -30,7 +30,7 @@ import pytest
 from localcloud.ecs_agent import QUICK_EXIT_SECONDS
 from service.artifacts import Bundle
 from service.model import predict
-from tests.e2e.batch_helpers import assert_same_predictions, download_bundle, to_jsonl
+from tests.e2e.batch_helpers import assert_same_predictions, load_served_bundle, to_jsonl
 from tests.e2e.cloud_process import LocalCloudProcess, Seen, wait_for
 from tests.reliability.faults import endpoint_parent, fault_cloud, retry_until, sigkill
 
@@ -135,7 +135,7 @@ def restarted(
     work = tmp_path_factory.mktemp("endpoint-restart")
     rows = train_example.sample_rows(25, seed=21)
     with fault_cloud(work, {}) as cloud:
-        bundle = download_bundle(cloud, work / "bundle")
+        bundle = load_served_bundle(cloud)
         assert answers(cloud, rows, bundle)
         restarts = []
         for _ in range(KILLS):

@@ -1,0 +1,37 @@
+"""What every suite needs: a free loopback port, and waiting on a condition with a deadline
+(never sleep-and-hope)."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+LOOPBACK = "127.0.0.1"
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind((LOOPBACK, 0))
+        return probe.getsockname()[1]
+
+
+def wait_for(
+    condition: Callable[[], T],
+    timeout: float,
+    what: str,
+    interval: float = 0.1,
+    context: Callable[[], str] = str,
+) -> T:
+    """The first truthy value of ``condition()``; fail naming ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}\n{context()}")
+        time.sleep(interval)
