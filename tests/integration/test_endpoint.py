@@ -429,6 +429,21 @@ def slow_bundle(folder: Path, bundle_dir: Path, seconds: float) -> Path:
     return out
 
 
+def slow_endpoint(
+    folder: Path, bundle_dir: Path, seconds: float, **options: object
+) -> tuple[EndpointServer, Path]:
+    """A server of slow_bundle, and the file that appears once a prediction started."""
+    marker = folder / "predicting"
+    endpoint = EndpointServer(
+        folder / "server.log",
+        model_uri=slow_bundle(folder, bundle_dir, seconds),
+        extra_path=[folder],
+        slow_model_marker=marker,
+        **options,
+    )
+    return endpoint, marker
+
+
 def refused(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -437,16 +452,42 @@ def refused(port: int) -> bool:
     return False
 
 
+def test_a_slow_model_does_not_hold_up_health_checks(
+    tmp_path: Path, bundle_dir: Path, rows: pd.DataFrame
+) -> None:
+    """One process: /ping answers while a prediction of that process is under way."""
+    endpoint, marker = slow_endpoint(tmp_path, bundle_dir, 1.5, workers=1)
+    predictions: list[int] = []
+
+    def call() -> None:
+        answer = requests.post(
+            f"{endpoint.url}/invocations",
+            data=rows.head(1).to_json(orient="records"),
+            headers={"Content-Type": formats.JSON},
+            timeout=60,
+        )
+        predictions.append(answer.status_code)
+
+    try:
+        endpoint.start()
+        for _ in range(3):
+            call()
+        marker.unlink()
+        client = threading.Thread(target=call)
+        client.start()
+        wait_for(marker.exists, 30, "the slow prediction to start")
+        assert requests.get(f"{endpoint.url}/ping", timeout=2).status_code == 200
+        assert client.is_alive(), "/ping should have answered while the prediction ran"
+        client.join(30)
+    finally:
+        endpoint.kill()
+    assert predictions == [200] * 4
+
+
 def test_sigterm_lets_the_request_in_flight_finish(
     tmp_path: Path, bundle_dir: Path, rows: pd.DataFrame, expected: np.ndarray
 ) -> None:
-    marker = tmp_path / "predicting"
-    endpoint = EndpointServer(
-        tmp_path / "server.log",
-        model_uri=slow_bundle(tmp_path, bundle_dir, seconds=4),
-        extra_path=[tmp_path],
-        slow_model_marker=marker,
-    )
+    endpoint, marker = slow_endpoint(tmp_path, bundle_dir, 4)
     answers: list[requests.Response | Exception] = []
 
     def call() -> None:
@@ -487,14 +528,7 @@ def test_sigterm_lets_the_request_in_flight_finish(
 def test_sigterm_stops_within_30_seconds_even_when_a_request_hangs(
     tmp_path: Path, bundle_dir: Path, rows: pd.DataFrame
 ) -> None:
-    marker = tmp_path / "predicting"
-    endpoint = EndpointServer(
-        tmp_path / "server.log",
-        model_uri=slow_bundle(tmp_path, bundle_dir, seconds=120),
-        extra_path=[tmp_path],
-        slow_model_marker=marker,
-        workers=1,
-    )
+    endpoint, marker = slow_endpoint(tmp_path, bundle_dir, 120, workers=1)
     try:
         endpoint.start()
         answers: list[object] = []

@@ -19,6 +19,7 @@ from service import errors, formats, metrics, openapi
 from service.artifacts import Bundle
 from service.model import predict
 from service.web import AppConfig, create_app, error_response
+from tests.support import wait_for
 
 COLUMNS = ("x1", "x2", "x3")
 LIMIT = 4096
@@ -650,3 +651,104 @@ def _poll_until(process, channels: int) -> None:
         if len(process.server.active_channels) >= channels:
             return
     raise AssertionError(f"the server did not accept {channels} connections")
+
+
+class ThreadReporter:
+    """A WSGI app that answers with the id of the thread it ran on; b"slow" takes longer."""
+
+    metrics = None
+
+    def __call__(self, environ, start_response):
+        import threading
+        import time
+
+        from service import server
+
+        if environ["wsgi.input"].read() == b"slow":
+            time.sleep(server.INLINE_SLOW_SECONDS * 2)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [str(threading.get_ident()).encode()]
+
+
+@pytest.fixture
+def loop_server(monkeypatch):
+    """A ProcessServer running ThreadReporter, its loop on a thread of this test."""
+    import http.client
+    import threading
+
+    from service import server
+    from service.server import ProcessServer, bind
+
+    monkeypatch.setattr(server, "INLINE_SLOW_SECONDS", 0.25)  # no hiccup counts as slow
+
+    listener = bind("127.0.0.1", 0)
+    settings = SimpleNamespace(threads=2, max_request_mb=1, workers=1, api_key=None)
+    process = ProcessServer(ThreadReporter(), listener, settings)
+    process.open()
+    loop = threading.Thread(target=process.serve, args=(lambda: None,), daemon=True)
+    loop.start()
+    connection = http.client.HTTPConnection(*listener.getsockname(), timeout=10)
+
+    def call(body: bytes | None = b"row", method: str = "POST") -> int:
+        connection.request(method, "/invocations", body=body)
+        answer = connection.getresponse()
+        assert answer.status == 200
+        return int(answer.read())
+
+    try:
+        yield SimpleNamespace(call=call, loop=loop, process=process)
+    finally:
+        connection.close()
+        process.stop()
+        loop.join(5)
+        process.drain(seconds=1)
+        listener.close()
+
+
+def test_small_posts_run_on_the_loop_once_proved_fast(loop_server) -> None:
+    from service.server import INLINE_AFTER_FAST
+
+    loop = loop_server.loop.ident
+    first = [loop_server.call() for _ in range(INLINE_AFTER_FAST)]
+    assert loop not in first, "a request must prove fast on the threads first"
+    assert [loop_server.call() for _ in range(3)] == [loop] * 3
+
+
+def test_a_slow_request_sends_small_posts_back_to_the_threads(loop_server) -> None:
+    from service.server import INLINE_AFTER_FAST
+
+    loop = loop_server.loop.ident
+    for _ in range(INLINE_AFTER_FAST):
+        loop_server.call()
+    assert loop_server.call(b"slow") == loop  # the one request a slow model may hold it
+    assert loop_server.call() != loop
+    assert loop_server.call(b"slow") != loop
+
+
+def test_gets_and_big_bodies_always_run_on_the_threads(loop_server) -> None:
+    from service.server import INLINE_AFTER_FAST, INLINE_MAX_BYTES
+
+    loop = loop_server.loop.ident
+    for _ in range(INLINE_AFTER_FAST):
+        loop_server.call()
+    assert loop_server.call(None, "GET") != loop
+    assert loop_server.call(b"x" * (INLINE_MAX_BYTES + 1)) != loop
+    assert loop_server.call() == loop
+
+
+def test_the_header_and_a_small_body_leave_in_one_send(loop_server, monkeypatch) -> None:
+    from service import server
+
+    sizes: list[int] = []
+    send = server._Channel.send
+
+    def counting(channel, data, **options):
+        sent = send(channel, data, **options)
+        sizes.append(sent)
+        return sent
+
+    monkeypatch.setattr(server._Channel, "send", counting, raising=False)
+    for _ in range(6):  # on the threads, then on the loop
+        loop_server.call()
+    wait_for(lambda: len(sizes) >= 6, 5, "the last send to be counted")
+    assert len(sizes) == 6, sizes  # not a header send and a body send each
