@@ -4,7 +4,9 @@ The parent binds one listening socket and forks WORKERS processes that each run
 waitress (THREADS request threads) on that inherited socket, so no port juggling
 is needed; a process holding more connections than another leaves new ones to it
 (ConnectionCounts), so a burst of connections is spread over all of them. Each
-process has its own ModelStore, which polls MODEL_URI for a new bundle.
+process has its own ModelStore, which polls MODEL_URI for a new bundle. Small POSTs
+that have proved fast run on the process's event-loop thread, the rest on its
+THREADS request threads (LoopDispatcher).
 
 The parent only supervises: it restarts a process that dies, and on SIGTERM or
 SIGINT forwards SIGTERM to every process. A process then closes its listener,

@@ -48,7 +48,13 @@ class ServeSettings(CommonSettings):
         le=64,
         description="Server processes sharing the port (1-64; default: CPU count).",
     )
-    threads: int = Field(4, ge=1, le=256, description="Request threads per process (1-256).")
+    threads: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="Request threads per process (1-256); small requests that prove fast "
+        "run on the process's event loop instead.",
+    )
     max_request_mb: float = Field(
         6.0, gt=0, le=1024, description="Largest request body in MB (413 above it)."
     )
