@@ -6,7 +6,6 @@ function's code folder as the working directory: it reads one request per line o
 holding ``RESULT_MARK`` and the outcome, after the handler's own output. Module globals
 persist between invocations, as in a warm execution environment. An init failure (bad
 handler name, import error) ends the process, as AWS resets such an environment.
-``python -P bootstrap.py RESULT_PATH CONTEXT_JSON`` (event on stdin) runs one invocation.
 Standard library only: the function's own imports must not see anything of ours.
 """
 
@@ -17,7 +16,6 @@ import os
 import sys
 import time
 import traceback
-from pathlib import Path
 from typing import Any
 
 RESULT_MARK = "\x1eLOCALCLOUD-RESULT "
@@ -162,17 +160,10 @@ def serve() -> int:
 
 
 def main(argv: list[str]) -> int:
-    if argv[1:] == ["--serve"]:
-        return serve()
-    result_path = Path(argv[1])
-    info = json.loads(argv[2])
-    outcome = invoke(info, sys.stdin.buffer.read())
-    sys.stdout.flush()
-    sys.stderr.flush()
-    partial = result_path.with_suffix(".partial")
-    partial.write_text(json.dumps(outcome), encoding="utf-8")
-    partial.replace(result_path)
-    return 0
+    if argv[1:] != ["--serve"]:
+        print(f"usage: {argv[0]} --serve", file=sys.stderr)
+        return 2
+    return serve()
 
 
 if __name__ == "__main__":

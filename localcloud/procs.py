@@ -54,13 +54,11 @@ class Child:
         console: Console,
         env: Mapping[str, str],
         cwd: Path | str,
-        stdin: bytes | None = None,
         on_line: Callable[[str], bool | None] | None = None,
         on_exit: Callable[[int], None] | None = None,
         interactive: bool = False,
     ) -> None:
-        """``stdin``: bytes fed to the child, then EOF; ``interactive``: a pipe kept open for
-        ``send``."""
+        """``interactive``: a stdin pipe kept open for ``send`` (else /dev/null)."""
         self.name = name
         self._on_exit = on_exit
         self._exited = threading.Event()
@@ -69,15 +67,13 @@ class Child:
             list(argv),
             cwd=str(cwd),
             env=dict(env),
-            stdin=subprocess.PIPE if stdin is not None or interactive else subprocess.DEVNULL,
+            stdin=subprocess.PIPE if interactive else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         assert self._process.stdout is not None
         self._reader = console.pipe(name, self._process.stdout, on_line)
-        if stdin is not None:
-            threading.Thread(target=self._feed, args=(stdin,), daemon=True).start()
         threading.Thread(target=self._watch, name=f"watch-{name}", daemon=True).start()
 
     @property
@@ -144,12 +140,3 @@ class Child:
         except (BrokenPipeError, OSError, ValueError):
             return False
         return True
-
-    def _feed(self, data: bytes) -> None:
-        stdin = self._process.stdin
-        assert stdin is not None
-        try:
-            stdin.write(data)
-            stdin.close()
-        except (BrokenPipeError, OSError):
-            pass

@@ -17,6 +17,7 @@ stayed unreachable for IDLE_SECONDS.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -43,7 +44,7 @@ from botocore.exceptions import (
     ResponseStreamingError,
 )
 from s3transfer.manager import TransferConfig
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from service import batch
 from service.artifacts import Bundle, ModelStore
@@ -562,6 +563,13 @@ def timed(phases: dict[str, float], name: str) -> Iterator[None]:
         phases[name] = time.monotonic() - started
 
 
+@functools.cache
+def _libraries() -> ThreadpoolController:
+    """The native thread pools loaded (BLAS, OpenMP), found once: the scan takes ~3 ms, too
+    much for every small file. The first file comes after the model's imports."""
+    return ThreadpoolController()
+
+
 def transform_file(
     source: str,
     fmt: Any,
@@ -589,7 +597,8 @@ def transform_file(
             predictions = predict(bundle, frame)
             yield join_columns(frame, predictions, bundle) if join_input else predictions
 
-    with threadpool_limits(1, user_api="blas"), BatchWriter(target, output_format) as writer:
+    single_blas = _libraries().limit(limits=1, user_api="blas")
+    with single_blas, BatchWriter(target, output_format) as writer:
         for frame in read_ahead(predicted(), READ_AHEAD):
             writer.write(frame)
             rows += len(frame)

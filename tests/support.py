@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Callable
 from typing import TypeVar
+
+from localcloud.waiting import wait_until
 
 LOOPBACK = "127.0.0.1"
 T = TypeVar("T")
@@ -27,11 +28,7 @@ def wait_for(
     context: Callable[[], str] = str,
 ) -> T:
     """The first truthy value of ``condition()``; fail naming ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}\n{context()}")
-        time.sleep(interval)
+    try:
+        return wait_until(condition, timeout, what, interval)
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}\n{context()}") from None
