@@ -179,10 +179,11 @@ class _ErrorTask(ErrorTask):
 
 
 def small_post(request: Any) -> bool:
-    """A parsed request whose handling may run on the event-loop thread."""
+    """A parsed request whose handling may run on the event-loop thread (a request
+    waitress could not parse has an error and may have no method)."""
     return (
-        request.command == "POST"
-        and not request.error
+        not request.error
+        and request.command == "POST"
         and request.body_bytes_received <= INLINE_MAX_BYTES
     )
 

@@ -272,14 +272,43 @@ def test_huge_content_length_is_refused_without_reading_the_body(server: Endpoin
             b"POST /invocations HTTP/1.1\r\nHost: test\r\nContent-Type: text/csv\r\n"
             b"X-Api-Key: " + KEY.encode() + b"\r\nContent-Length: 104857600\r\n\r\nabc"
         )
-        answer = b""
-        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
-            part = connection.recv(65536)
-            if not part:
-                break
-            answer += part
+        answer = read_answer(connection)
     assert answer.startswith(b"HTTP/1.1 413 ")
     assert b'"error":"payload_too_large"' in answer
+
+
+def read_answer(connection: socket.socket) -> bytes:
+    """One whole response (a JSON body) from a raw socket."""
+    answer = b""
+    while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+        part = connection.recv(65536)
+        if not part:
+            break
+        answer += part
+    return answer
+
+
+def test_a_malformed_request_line_is_400_also_after_fast_requests(
+    server: EndpointServer, rows: pd.DataFrame
+) -> None:
+    """The first few small POSTs run on threads, the next on the event loop: a request
+    line waitress cannot parse is a 400 either way."""
+    body = rows.head(1).to_json(orient="records").encode()
+    good = (
+        b"POST /invocations HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        b"X-Api-Key: " + KEY.encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    )
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection:
+        connection.sendall(b"\x00GARBAGE\r\n\r\n")
+        assert read_answer(connection).startswith(b"HTTP/1.0 400 ")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection:
+        for _ in range(8):
+            connection.sendall(good)
+            assert read_answer(connection).startswith(b"HTTP/1.1 200 ")
+        connection.sendall(b"\x00GARBAGE\r\n\r\n")
+        answer = read_answer(connection)
+    assert answer.startswith(b"HTTP/1.0 400 "), answer[:200]
+    assert b'"error":"bad_request"' in answer
 
 
 def test_unsupported_content_type(http: requests.Session, server: EndpointServer) -> None:
