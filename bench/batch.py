@@ -427,6 +427,23 @@ class CpuSampler:
         return found
 
 
+class MachineCpu:
+    """CPU seconds of the whole machine (busy and stolen) and of this process, over a block."""
+
+    BUSY = ("user", "nice", "system", "irq", "softirq")
+
+    def __enter__(self) -> MachineCpu:
+        self._start = (psutil.cpu_times(), psutil.Process().cpu_times())
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        (machine, client), end = self._start, psutil.cpu_times()
+        mine = psutil.Process().cpu_times()
+        self.client = mine.user + mine.system - client.user - client.system
+        self.busy = sum(getattr(end, f) - getattr(machine, f) for f in self.BUSY)
+        self.steal = getattr(end, "steal", 0.0) - getattr(machine, "steal", 0.0)
+
+
 def scaling(source: Path, rounds: int, recorder: Recorder, work: Path) -> None:
     clouds = {}
     try:
@@ -446,7 +463,7 @@ def scaling(source: Path, rounds: int, recorder: Recorder, work: Path) -> None:
                 cloud = clouds[workers]
                 cloud.wait_no_workers(SCALING_IDLE_SECONDS + 60)
                 root = psutil.Process(cloud.process.pid)
-                with CpuSampler(root) as sampler:
+                with CpuSampler(root) as sampler, MachineCpu() as machine:
                     seconds = upload_many(cloud, source, f"scaling/r{number}")
                 rates[workers] = rows / seconds
                 name = f"{SCALING_FILES} files, MaxWorkers {workers}"
@@ -456,6 +473,11 @@ def scaling(source: Path, rounds: int, recorder: Recorder, work: Path) -> None:
                     recorder.add(f"{name}: CPU of {kind}", "s", cpu)
                 busy = sum(sampler.totals().values()) / seconds
                 recorder.add(f"{name}: cores busy with the local cloud", "cores", busy)
+                recorder.add(f"{name}: CPU of the client (this process)", "s", machine.client)
+                recorder.add(f"{name}: cores busy, whole machine", "cores", machine.busy / seconds)
+                recorder.add(
+                    f"{name}: cores stolen by the hypervisor", "cores", machine.steal / seconds
+                )
                 print(f"  MaxWorkers {workers}: {seconds:.1f} s, {busy:.2f} cores", flush=True)
             recorder.add("ratio throughput MaxWorkers 2 / 1", "x", rates[2] / rates[1])
     finally:
