@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
+from botocore.parsers import ResponseParserError
 from moto.cloudformation.models import cloudformation_backends
 
 from infra.template import (
@@ -133,7 +134,7 @@ def deploy_stack(
             Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],
             Capabilities=["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"],
         )
-    except ClientError as exc:
+    except (ClientError, BotoCoreError, ResponseParserError) as exc:
         raise DeployError(f"CloudFormation refused stack {name}: {exc}") from exc
     deadline = time.monotonic() + timeout
     while True:

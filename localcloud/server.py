@@ -14,7 +14,7 @@ from moto.moto_server.werkzeug_app import (
 )
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from localcloud import s3_events
+from localcloud import s3_events, stack_calls
 from localcloud.console import Console
 from localcloud.settings import LocalCloudSettings
 
@@ -57,6 +57,7 @@ class MotoServer:
             )
         self._attach_logging()
         s3_events.patch()
+        stack_calls.patch()
         self._thread = threading.Thread(target=self._server.serve_forever, name="moto", daemon=True)
         self._thread.start()
         self._console.line("moto", f"AWS API on {self.endpoint_url}")
@@ -85,6 +86,7 @@ class MotoServer:
             self._thread.join(10)
         self._detach_logging()
         s3_events.unpatch()
+        stack_calls.unpatch()
         state_manager.unset_transition("ecs::task")
         self._server = self._thread = None
 
