@@ -11,8 +11,6 @@ from typing import Any
 import pytest
 from moto.logs.models import LogGroup
 
-from localcloud.server import MotoServer
-
 HOLD_SECONDS = 3.0
 TEMPLATE = {
     "Resources": {
@@ -43,7 +41,6 @@ def creation_held(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, thr
 
 
 def test_a_stack_read_during_its_creation_sees_it_complete(
-    moto: MotoServer,
     aws: Callable[[str], Any],
     creation_held: tuple[threading.Event, threading.Event],
 ) -> None:
