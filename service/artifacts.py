@@ -44,6 +44,11 @@ class Bundle:
     output_column: str
     etag: str
 
+    @property
+    def input_columns(self) -> tuple[str, ...]:
+        """The feature columns in the bundle's input order (how positional input is read)."""
+        return self.columns
+
 
 class BundleSource(Protocol):
     """Where a bundle's files live: a local folder or an S3 prefix."""
