@@ -93,7 +93,7 @@ def batch_rows() -> int:
 def transform_locally(source: Path, target: Path, bundle: Any) -> int:
     """The limit: the worker's own file transform (service.worker.transform_file: read-ahead,
     prepare + predict, write) on local files, nothing else."""
-    from service.formats import FileFormat
+    from service.files import FileFormat
     from service.worker import transform_file
 
     return transform_file(

@@ -269,19 +269,19 @@ class InProcess:
     """The limit on the same rows, in this process, with the same bundle."""
 
     def __init__(self, bodies: dict[str, Body]) -> None:
-        from service import formats
+        from service import codecs
         from service.artifacts import load_bundle
         from service.model import predict
 
         self.bundle = load_bundle(str(BUNDLE))
-        self.formats = formats
+        self.codecs = codecs
         self.predict = predict
         self.bodies = bodies
         self.raw = {name: body.path.read_bytes() for name, body in bodies.items()}
         columns = list(self.bundle.columns)
         self.means = np.array([self.bundle.mean[c] for c in columns])
         self.matrices = {
-            name: formats.decode(self.raw[name], body.content_type)[columns].to_numpy(
+            name: codecs.decode(self.raw[name], body.content_type)[columns].to_numpy(
                 dtype=np.float64
             )
             for name, body in bodies.items()
@@ -301,11 +301,11 @@ class InProcess:
     def path(self, name: str) -> Callable[[], bytes]:
         """Our decode -> predict -> encode, without HTTP."""
         body, raw = self.bodies[name], self.raw[name]
-        formats, predict, bundle = self.formats, self.predict, self.bundle
+        codecs, predict, bundle = self.codecs, self.predict, self.bundle
 
         def call() -> bytes:
-            frame = formats.decode(raw, body.content_type)
-            return formats.encode(predict(bundle, frame), JSON)
+            frame = codecs.decode(raw, body.content_type)
+            return codecs.encode(predict(bundle, frame), JSON)
 
         return call
 

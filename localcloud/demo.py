@@ -26,7 +26,8 @@ from localcloud.console import Console
 from localcloud.deploy import DeployedStack
 from localcloud.settings import LocalCloudSettings
 from service.batch import OUTPUT_CONTENT_TYPES, REPORT_SUFFIX, REPORTS_FOLDER, SUCCEEDED
-from service.formats import JSON, PARQUET, decode, encode_parquet, file_format
+from service.codecs import JSON, PARQUET, decode, encode_parquet
+from service.files import file_format
 
 DEMO_KEY = "demo/sample.parquet"
 SAMPLE_ROWS = 100

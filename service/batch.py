@@ -23,10 +23,10 @@ from botocore.exceptions import ClientError, HTTPClientError, IncompleteReadErro
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from s3transfer.exceptions import RetriesExceededError
 
-from service import formats
+from service import codecs, files
 from service.errors import InputError
 
-OUTPUT_CONTENT_TYPES = {"parquet": formats.PARQUET, "csv": formats.CSV, "jsonl": formats.JSONLINES}
+OUTPUT_CONTENT_TYPES = {"parquet": codecs.PARQUET, "csv": codecs.CSV, "jsonl": codecs.JSONLINES}
 REPORTS_FOLDER = "_reports"
 REPORT_SUFFIX = ".json"
 
@@ -171,7 +171,7 @@ def output_key(
 ) -> str:
     """Where the predictions for one input go (contract layout)."""
     folder = join_key(prefix, f"model={model_name}", f"version={model_version}")
-    return folder + "/" + formats.replace_extension(input_key, output_format)
+    return folder + "/" + files.replace_extension(input_key, output_format)
 
 
 def report_key(prefix: str, input_key: str) -> str:

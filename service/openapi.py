@@ -6,7 +6,7 @@ codes), so the description cannot drift from what the server accepts.
 
 from typing import Any
 
-from service import formats
+from service import codecs
 
 OPENAPI_VERSION = "3.0.3"
 _REF = "#/components/schemas/"
@@ -114,23 +114,23 @@ def _request_content() -> dict[str, Any]:
         for name in ("DataframeSplit", "DataframeRecords", "Instances", "Inputs", "Records")
     ]
     return {
-        formats.JSON: {"schema": {"oneOf": json_shapes}},
-        formats.PARQUET: _binary("A parquet file."),
-        formats.X_PARQUET: _binary("A parquet file."),
-        formats.CSV: {"schema": {"type": "string", "description": "CSV with a header row."}},
-        formats.JSONLINES: {"schema": {"type": "string", "description": "One JSON object a line."}},
-        formats.NDJSON: {"schema": {"type": "string", "description": "One JSON object a line."}},
+        codecs.JSON: {"schema": {"oneOf": json_shapes}},
+        codecs.PARQUET: _binary("A parquet file."),
+        codecs.X_PARQUET: _binary("A parquet file."),
+        codecs.CSV: {"schema": {"type": "string", "description": "CSV with a header row."}},
+        codecs.JSONLINES: {"schema": {"type": "string", "description": "One JSON object a line."}},
+        codecs.NDJSON: {"schema": {"type": "string", "description": "One JSON object a line."}},
     }
 
 
 def _prediction_content() -> dict[str, Any]:
     return {
-        formats.JSON: {"schema": {"$ref": _REF + "Predictions"}},
-        formats.PARQUET: _binary("Parquet with columns id, activation."),
-        formats.X_PARQUET: _binary("Parquet with columns id, activation."),
-        formats.CSV: {"schema": {"type": "string", "description": "CSV: id,activation."}},
-        formats.JSONLINES: {"schema": {"type": "string", "description": "One prediction a line."}},
-        formats.NDJSON: {"schema": {"type": "string", "description": "One prediction a line."}},
+        codecs.JSON: {"schema": {"$ref": _REF + "Predictions"}},
+        codecs.PARQUET: _binary("Parquet with columns id, activation."),
+        codecs.X_PARQUET: _binary("Parquet with columns id, activation."),
+        codecs.CSV: {"schema": {"type": "string", "description": "CSV: id,activation."}},
+        codecs.JSONLINES: {"schema": {"type": "string", "description": "One prediction a line."}},
+        codecs.NDJSON: {"schema": {"type": "string", "description": "One prediction a line."}},
     }
 
 
@@ -141,7 +141,7 @@ def _errors(*statuses: str) -> dict[str, Any]:
 def _json(schema: str, description: str, headers: dict[str, Any] | None = None) -> dict:
     response: dict[str, Any] = {
         "description": description,
-        "content": {formats.JSON: {"schema": {"$ref": _REF + schema}}},
+        "content": {codecs.JSON: {"schema": {"$ref": _REF + schema}}},
     }
     if headers:
         response["headers"] = headers
@@ -185,7 +185,7 @@ def _paths(security: list[dict[str, list]] | None) -> dict[str, Any]:
                         "in": "header",
                         "required": False,
                         "description": "Answer type; JSON when absent or */*.",
-                        "schema": {"type": "string", "enum": list(formats.MEDIA_TYPES)},
+                        "schema": {"type": "string", "enum": list(codecs.MEDIA_TYPES)},
                     }
                 ],
                 "requestBody": {"required": True, "content": _request_content()},
@@ -234,7 +234,7 @@ def _paths(security: list[dict[str, list]] | None) -> dict[str, Any]:
                 "responses": {
                     "200": {
                         "description": "OpenAPI 3 document.",
-                        "content": {formats.JSON: {"schema": {"type": "object"}}},
+                        "content": {codecs.JSON: {"schema": {"type": "object"}}},
                     }
                 },
             }
@@ -248,7 +248,7 @@ def document(max_request_mb: float = 6.0, api_key_required: bool = False) -> dic
     responses = {
         f"E{status}": {
             "description": f"{text} Codes: {', '.join(codes)}.",
-            "content": {formats.JSON: {"schema": {"$ref": _REF + "Error"}}},
+            "content": {codecs.JSON: {"schema": {"$ref": _REF + "Error"}}},
         }
         for status, (text, codes) in ERROR_STATUSES.items()
     }

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple, Protocol
 
 import orjson
 
-from service import formats, metrics, openapi
+from service import codecs, metrics, openapi
 from service.artifacts import Bundle
 from service.errors import (
     MalformedBody,
@@ -206,12 +206,12 @@ class App:
         bundle = self.store.current
         if bundle is None:
             raise self._no_model()
-        answer_type = formats.negotiate(environ.get("HTTP_ACCEPT"))
+        answer_type = codecs.negotiate(environ.get("HTTP_ACCEPT"))
         _refuse_content_encoding(environ.get("HTTP_CONTENT_ENCODING"))
         body = self.read_body(environ)
-        frame = formats.decode(body, environ.get("CONTENT_TYPE"))
+        frame = codecs.decode(body, environ.get("CONTENT_TYPE"))
         result = predict(bundle, frame)
-        payload = formats.encode(result, answer_type)
+        payload = codecs.encode(result, answer_type)
         headers = [
             ("Content-Type", answer_type),
             ("Content-Length", str(len(payload))),

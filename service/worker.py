@@ -50,9 +50,10 @@ from service import batch
 from service.artifacts import Bundle, ModelStore
 from service.batch import Action, JobMessage, Report
 from service.errors import InvalidData, UnsupportedMediaType
-from service.formats import BatchWriter, file_format, iter_batches, read_ahead
+from service.files import BatchWriter, file_format, iter_batches
 from service.model import predict
 from service.settings import WorkerSettings
+from service.threads import read_ahead
 
 log = logging.getLogger(__name__)
 

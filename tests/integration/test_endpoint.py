@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 
-from service import formats
+from service import codecs
 from service.artifacts import Bundle, load_bundle, write_bundle
 from service.model import predict
 from tests.endpoint_fixtures import EndpointServer, metric, wait_for
@@ -84,25 +84,25 @@ def split(frame: pd.DataFrame) -> bytes:
 
 
 ENCODERS = {
-    "parquet": (formats.PARQUET, parquet_bytes),
-    "x-parquet": (formats.X_PARQUET, parquet_bytes),
-    "csv": (formats.CSV, lambda frame: frame.to_csv(index=False).encode()),
-    "dataframe_split": (formats.JSON, split),
-    "dataframe_records": (formats.JSON, lambda f: orjson.dumps({"dataframe_records": records(f)})),
-    "instances": (formats.JSON, lambda f: orjson.dumps({"instances": records(f)})),
-    "inputs": (formats.JSON, lambda f: orjson.dumps({"inputs": records(f)})),
-    "record-list": (formats.JSON, lambda f: orjson.dumps(records(f))),
-    "jsonlines": (formats.JSONLINES, lambda f: b"\n".join(map(orjson.dumps, records(f)))),
+    "parquet": (codecs.PARQUET, parquet_bytes),
+    "x-parquet": (codecs.X_PARQUET, parquet_bytes),
+    "csv": (codecs.CSV, lambda frame: frame.to_csv(index=False).encode()),
+    "dataframe_split": (codecs.JSON, split),
+    "dataframe_records": (codecs.JSON, lambda f: orjson.dumps({"dataframe_records": records(f)})),
+    "instances": (codecs.JSON, lambda f: orjson.dumps({"instances": records(f)})),
+    "inputs": (codecs.JSON, lambda f: orjson.dumps({"inputs": records(f)})),
+    "record-list": (codecs.JSON, lambda f: orjson.dumps(records(f))),
+    "jsonlines": (codecs.JSONLINES, lambda f: b"\n".join(map(orjson.dumps, records(f)))),
 }
 
 
 def decode_answer(response: requests.Response) -> pd.DataFrame:
-    kind = formats.media_type(response.headers["Content-Type"])
-    if kind in (formats.PARQUET, formats.X_PARQUET):
+    kind = codecs.media_type(response.headers["Content-Type"])
+    if kind in (codecs.PARQUET, codecs.X_PARQUET):
         return pq.read_table(pa.BufferReader(response.content)).to_pandas()
-    if kind == formats.CSV:
+    if kind == codecs.CSV:
         return pd.read_csv(io.BytesIO(response.content))
-    if kind in (formats.JSONLINES, formats.NDJSON):
+    if kind in (codecs.JSONLINES, codecs.NDJSON):
         return pd.DataFrame([orjson.loads(line) for line in response.content.splitlines()])
     return pd.DataFrame(orjson.loads(response.content)["predictions"])
 
@@ -181,7 +181,7 @@ def test_every_input_type(
     np.testing.assert_allclose(answer["activation"], expected, rtol=0, atol=1e-9)
 
 
-@pytest.mark.parametrize("accept", [None, "*/*", *formats.MEDIA_TYPES])
+@pytest.mark.parametrize("accept", [None, "*/*", *codecs.MEDIA_TYPES])
 def test_every_answer_type(
     http: requests.Session,
     server: EndpointServer,
@@ -190,10 +190,10 @@ def test_every_answer_type(
     accept: str | None,
 ) -> None:
     headers = {"Accept": accept} if accept else {}
-    response = invoke(http, server, parquet_bytes(rows), formats.PARQUET, **headers)
+    response = invoke(http, server, parquet_bytes(rows), codecs.PARQUET, **headers)
     assert response.status_code == 200, response.text
-    wanted = formats.JSON if accept in (None, "*/*") else accept
-    assert formats.media_type(response.headers["Content-Type"]) == wanted
+    wanted = codecs.JSON if accept in (None, "*/*") else accept
+    assert codecs.media_type(response.headers["Content-Type"]) == wanted
     answer = decode_answer(response)
     assert answer["id"].tolist() == rows["id"].tolist()
     np.testing.assert_allclose(answer["activation"], expected, rtol=0, atol=1e-9)
@@ -202,12 +202,12 @@ def test_every_answer_type(
 # -- client mistakes --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("content_type", formats.MEDIA_TYPES)
+@pytest.mark.parametrize("content_type", codecs.MEDIA_TYPES)
 def test_empty_body(http: requests.Session, server: EndpointServer, content_type: str) -> None:
     assert_error(invoke(http, server, b"", content_type), 400, "malformed_body")
 
 
-@pytest.mark.parametrize("content_type", formats.MEDIA_TYPES)
+@pytest.mark.parametrize("content_type", codecs.MEDIA_TYPES)
 def test_garbage_bytes(http: requests.Session, server: EndpointServer, content_type: str) -> None:
     response = invoke(http, server, b"\x00\xff\xfe\x89PNG\r\n\x1a\n\x00garbage", content_type)
     assert_error(response, 400, "malformed_body")
@@ -241,7 +241,7 @@ def test_strings_in_numeric_columns(
     [{"rows": []}, [1, 2], {"dataframe_split": {"columns": "a"}}, {"instances": "x"}, 3],
 )
 def test_wrong_json_shape(http: requests.Session, server: EndpointServer, document) -> None:
-    assert_error(invoke(http, server, orjson.dumps(document), formats.JSON), 400, "malformed_body")
+    assert_error(invoke(http, server, orjson.dumps(document), codecs.JSON), 400, "malformed_body")
 
 
 def oversized_csv(rows: pd.DataFrame) -> bytes:
@@ -256,13 +256,13 @@ def test_body_over_the_limit(
 ) -> None:
     data = oversized_csv(rows)
     assert len(data) > LIMIT_MB * 1024 * 1024
-    assert_error(invoke(http, server, data, formats.CSV), 413, "payload_too_large")
+    assert_error(invoke(http, server, data, codecs.CSV), 413, "payload_too_large")
     chunks = (data[i : i + 65536] for i in range(0, len(data), 65536))
-    chunked = invoke(http, server, chunks, formats.CSV)
+    chunked = invoke(http, server, chunks, codecs.CSV)
     assert chunked.request.headers.get("Transfer-Encoding") == "chunked"
     assert_error(chunked, 413, "payload_too_large")
     at_limit = data[: LIMIT_MB * 1024 * 1024].rsplit(b"\n", 1)[0] + b"\n"
-    assert invoke(http, server, at_limit, formats.CSV).status_code == 200
+    assert invoke(http, server, at_limit, codecs.CSV).status_code == 200
 
 
 def test_huge_content_length_is_refused_without_reading_the_body(server: EndpointServer) -> None:
@@ -318,7 +318,7 @@ def test_unsupported_content_type(http: requests.Session, server: EndpointServer
 def test_unacceptable_accept(
     http: requests.Session, server: EndpointServer, rows: pd.DataFrame
 ) -> None:
-    response = invoke(http, server, parquet_bytes(rows), formats.PARQUET, Accept="image/png")
+    response = invoke(http, server, parquet_bytes(rows), codecs.PARQUET, Accept="image/png")
     assert_error(response, 406, "not_acceptable")
 
 
@@ -329,7 +329,7 @@ def test_missing_or_wrong_api_key(server: EndpointServer, rows: pd.DataFrame, he
     response = requests.post(
         f"{server.url}/invocations",
         data=parquet_bytes(rows),
-        headers={"Content-Type": formats.PARQUET, **headers},
+        headers={"Content-Type": codecs.PARQUET, **headers},
     )
     assert_error(response, 401, "unauthorized")
     assert_error(requests.get(f"{server.url}/metrics", headers=headers), 401, "unauthorized")
@@ -339,7 +339,7 @@ def test_bearer_key(server: EndpointServer, rows: pd.DataFrame) -> None:
     response = requests.post(
         f"{server.url}/invocations",
         data=parquet_bytes(rows),
-        headers={"Content-Type": formats.PARQUET, "Authorization": f"Bearer {KEY}"},
+        headers={"Content-Type": codecs.PARQUET, "Authorization": f"Bearer {KEY}"},
     )
     assert response.status_code == 200
 
@@ -362,11 +362,11 @@ def test_metrics_sum_over_processes(server: EndpointServer, rows: pd.DataFrame) 
         response = requests.post(
             f"{server.url}/invocations",
             data=body,
-            headers={**headers, "Content-Type": formats.PARQUET, "Connection": "close"},
+            headers={**headers, "Content-Type": codecs.PARQUET, "Connection": "close"},
         )
         assert response.status_code == 200
     requests.post(
-        f"{server.url}/invocations", data=b"", headers={**headers, "Content-Type": formats.CSV}
+        f"{server.url}/invocations", data=b"", headers={**headers, "Content-Type": codecs.CSV}
     )
     after = scrape()
     rows_before = metric(before, "endpoint_predicted_rows_total")
@@ -492,7 +492,7 @@ def test_a_slow_model_does_not_hold_up_health_checks(
         answer = requests.post(
             f"{endpoint.url}/invocations",
             data=rows.head(1).to_json(orient="records"),
-            headers={"Content-Type": formats.JSON},
+            headers={"Content-Type": codecs.JSON},
             timeout=60,
         )
         predictions.append(answer.status_code)
@@ -525,7 +525,7 @@ def test_sigterm_lets_the_request_in_flight_finish(
                 requests.post(
                     f"{endpoint.url}/invocations",
                     data=parquet_bytes(rows),
-                    headers={"Content-Type": formats.PARQUET},
+                    headers={"Content-Type": codecs.PARQUET},
                     timeout=60,
                 )
             )
@@ -568,7 +568,7 @@ def test_sigterm_stops_within_30_seconds_even_when_a_request_hangs(
                     requests.post(
                         f"{endpoint.url}/invocations",
                         data=parquet_bytes(rows),
-                        headers={"Content-Type": formats.PARQUET},
+                        headers={"Content-Type": codecs.PARQUET},
                         timeout=60,
                     )
                 )

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 
-from service import formats
+from service import codecs
 from service.artifacts import load_bundle
 from service.model import predict
 from tests.endpoint_fixtures import (
@@ -102,7 +102,7 @@ class Load:
                 started = time.monotonic()
                 try:
                     response = session.post(
-                        self.url, data=self.body, headers={"Content-Type": formats.PARQUET}
+                        self.url, data=self.body, headers={"Content-Type": codecs.PARQUET}
                     )
                 except requests.RequestException as exc:
                     self.failures.append(repr(exc))

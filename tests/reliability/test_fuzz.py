@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
-from service import formats
+from service import codecs
 from service.artifacts import Bundle
 from service.errors import InputError, InvalidData
 from service.model import predict
@@ -218,7 +218,7 @@ def _mutate(data: bytes, flips: list[tuple[int, int]]) -> bytes:
 def decode_or_input_error(body: bytes, media_type: str) -> pd.DataFrame | None:
     """The property: a frame, or an InputError with a message; nothing else escapes."""
     try:
-        frame = formats.decode(body, media_type)
+        frame = codecs.decode(body, media_type)
     except InputError as exc:
         assert exc.message.strip()
         return None
@@ -226,7 +226,7 @@ def decode_or_input_error(body: bytes, media_type: str) -> pd.DataFrame | None:
     return frame
 
 
-@pytest.mark.parametrize("media_type", formats.MEDIA_TYPES)
+@pytest.mark.parametrize("media_type", codecs.MEDIA_TYPES)
 def test_decoders_raise_only_input_errors_on_arbitrary_bytes(media_type: str) -> None:
     @settings(QUIET, max_examples=PROPERTY_CASES)
     @given(body=st.binary(max_size=512))
@@ -239,12 +239,12 @@ def test_decoders_raise_only_input_errors_on_arbitrary_bytes(media_type: str) ->
 @pytest.mark.parametrize(
     ("media_type", "bodies"),
     [
-        (formats.JSON, WRONG_JSON.map(json_bytes)),
-        (formats.CSV, WRONG_CSV),
-        (formats.JSONLINES, WRONG_JSONLINES),
-        (formats.NDJSON, WRONG_JSONLINES),
-        (formats.PARQUET, MUTATED_PARQUET),
-        (formats.X_PARQUET, MUTATED_PARQUET),
+        (codecs.JSON, WRONG_JSON.map(json_bytes)),
+        (codecs.CSV, WRONG_CSV),
+        (codecs.JSONLINES, WRONG_JSONLINES),
+        (codecs.NDJSON, WRONG_JSONLINES),
+        (codecs.PARQUET, MUTATED_PARQUET),
+        (codecs.X_PARQUET, MUTATED_PARQUET),
     ],
     ids=["json", "csv", "jsonlines", "ndjson", "parquet", "x-parquet"],
 )

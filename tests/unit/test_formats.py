@@ -9,19 +9,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service import formats
+from service import codecs, files
 from service.errors import InvalidData, MalformedBody, NotAcceptable, UnsupportedMediaType
 from service.model import predict
 
 
 def test_every_media_type_round_trips_predictions(bundle, sample_frame):
     expected = predict(bundle, sample_frame)
-    for media in formats.MEDIA_TYPES:
-        if media == formats.JSON:
+    for media in codecs.MEDIA_TYPES:
+        if media == codecs.JSON:
             body = orjson.dumps(sample_frame.to_dict("records"))
         else:
-            body = formats.encode(sample_frame, media)
-        decoded = formats.decode(body, media)
+            body = codecs.encode(sample_frame, media)
+        decoded = codecs.decode(body, media)
         np.testing.assert_allclose(
             predict(bundle, decoded)["activation"], expected["activation"], atol=1e-12
         )
@@ -40,23 +40,23 @@ def test_every_media_type_round_trips_predictions(bundle, sample_frame):
 )
 def test_json_shapes(bundle, sample_frame, document):
     rows = sample_frame.head(5).fillna(0)
-    decoded = formats.decode(orjson.dumps(document(rows)), "application/json; charset=utf-8")
+    decoded = codecs.decode(orjson.dumps(document(rows)), "application/json; charset=utf-8")
     assert decoded["id"].tolist() == rows["id"].tolist()
     np.testing.assert_allclose(
         predict(bundle, decoded)["activation"], predict(bundle, rows)["activation"], atol=1e-12
     )
 
 
-@pytest.mark.parametrize("media", formats.MEDIA_TYPES)
+@pytest.mark.parametrize("media", codecs.MEDIA_TYPES)
 def test_empty_body_is_malformed(media):
     with pytest.raises(MalformedBody, match="empty"):
-        formats.decode(b"", media)
+        codecs.decode(b"", media)
 
 
-@pytest.mark.parametrize("media", formats.MEDIA_TYPES)
+@pytest.mark.parametrize("media", codecs.MEDIA_TYPES)
 def test_garbage_is_malformed_not_a_crash(media):
     with pytest.raises(MalformedBody):
-        formats.decode(b"\x00\xff\xfe\x01 PAR1 garbage {[", media)
+        codecs.decode(b"\x00\xff\xfe\x01 PAR1 garbage {[", media)
 
 
 @pytest.mark.parametrize(
@@ -73,48 +73,48 @@ def test_garbage_is_malformed_not_a_crash(media):
 )
 def test_wrong_json_shapes_explain_the_accepted_ones(document):
     with pytest.raises(MalformedBody):
-        formats.decode(orjson.dumps(document), formats.JSON)
+        codecs.decode(orjson.dumps(document), codecs.JSON)
 
 
 def test_non_utf8_csv_says_so(tmp_path):
     body = "id,name\n1,caf\xe9\n".encode("latin-1")
     with pytest.raises(MalformedBody, match="'name' is not UTF-8"):
-        formats.decode(body, formats.CSV)
+        codecs.decode(body, codecs.CSV)
     (tmp_path / "latin.csv").write_bytes(body)
     with pytest.raises(MalformedBody, match="UTF-8"):
-        list(formats.iter_batches(str(tmp_path / "latin.csv"), formats.FileFormat("csv"), 10))
+        list(files.iter_batches(str(tmp_path / "latin.csv"), files.FileFormat("csv"), 10))
 
 
 def test_unknown_content_type_is_415():
     with pytest.raises(UnsupportedMediaType) as caught:
-        formats.decode(b"<a/>", "text/xml")
+        codecs.decode(b"<a/>", "text/xml")
     assert caught.value.status == 415
     with pytest.raises(UnsupportedMediaType, match="no Content-Type"):
-        formats.decode(b"{}", None)
+        codecs.decode(b"{}", None)
 
 
 def test_jsonlines_names_the_broken_line():
     with pytest.raises(MalformedBody, match="line 2"):
-        formats.decode(b'{"id": 1}\n{"id": \n', formats.JSONLINES)
+        codecs.decode(b'{"id": 1}\n{"id": \n', codecs.JSONLINES)
 
 
 @pytest.mark.parametrize(
     ("accept", "expected"),
     [
-        (None, formats.JSON),
-        ("*/*", formats.JSON),
-        ("text/csv", formats.CSV),
-        ("text/csv;q=0.2, application/x-parquet", formats.X_PARQUET),
-        ("application/*", formats.JSON),
+        (None, codecs.JSON),
+        ("*/*", codecs.JSON),
+        ("text/csv", codecs.CSV),
+        ("text/csv;q=0.2, application/x-parquet", codecs.X_PARQUET),
+        ("application/*", codecs.JSON),
     ],
 )
 def test_accept_negotiation(accept, expected):
-    assert formats.negotiate(accept) == expected
+    assert codecs.negotiate(accept) == expected
 
 
 def test_unproducible_accept_is_406():
     with pytest.raises(NotAcceptable) as caught:
-        formats.negotiate("image/png")
+        codecs.negotiate("image/png")
     assert caught.value.status == 406
 
 
@@ -129,12 +129,12 @@ def test_unproducible_accept_is_406():
     ],
 )
 def test_file_format_from_key(key, name, gzipped):
-    assert formats.file_format(key) == formats.FileFormat(name, gzipped)
+    assert files.file_format(key) == files.FileFormat(name, gzipped)
 
 
 @pytest.mark.parametrize("key", ["a.txt", "a.parquet.gz", "noext", "a.csv.zip"])
 def test_unknown_file_formats(key):
-    assert formats.file_format(key) is None
+    assert files.file_format(key) is None
 
 
 @pytest.mark.parametrize(
@@ -146,7 +146,7 @@ def test_unknown_file_formats(key):
     ],
 )
 def test_replace_extension(key, fmt, expected):
-    assert formats.replace_extension(key, fmt) == expected
+    assert files.replace_extension(key, fmt) == expected
 
 
 def _write(frame, path, name, gzipped):
@@ -168,8 +168,8 @@ def test_files_stream_in_bounded_batches(bundle, sample_frame, tmp_path, name, g
     big = pd.concat([sample_frame] * 50, ignore_index=True).assign(id=lambda f: range(len(f)))
     path = tmp_path / "input"
     _write(big, path, name, gzipped)
-    fmt = formats.FileFormat(name, gzipped)
-    batches = list(formats.iter_batches(str(path), fmt, 1000, bundle.columns))
+    fmt = files.FileFormat(name, gzipped)
+    batches = list(files.iter_batches(str(path), fmt, 1000, bundle.columns))
     assert sum(len(b) for b in batches) == len(big)
     assert len(batches) > 1
     if name == "parquet":
@@ -184,7 +184,7 @@ def test_csv_with_text_in_a_numeric_column_names_it(bundle, sample_frame, tmp_pa
     path = tmp_path / "bad.csv"
     rows.to_csv(path, index=False)
     with pytest.raises((MalformedBody, InvalidData), match="mean_area"):
-        for batch in formats.iter_batches(str(path), formats.FileFormat("csv"), 5, bundle.columns):
+        for batch in files.iter_batches(str(path), files.FileFormat("csv"), 5, bundle.columns):
             predict(bundle, batch)
 
 
@@ -193,7 +193,7 @@ def test_corrupt_parquet_file_is_malformed(tmp_path, content):
     path = tmp_path / "bad.parquet"
     path.write_bytes(content)
     with pytest.raises(MalformedBody):
-        list(formats.iter_batches(str(path), formats.FileFormat("parquet"), 100))
+        list(files.iter_batches(str(path), files.FileFormat("parquet"), 100))
 
 
 def test_truncated_parquet_file_is_malformed(sample_frame, tmp_path):
@@ -202,14 +202,14 @@ def test_truncated_parquet_file_is_malformed(sample_frame, tmp_path):
     path = tmp_path / "cut.parquet"
     path.write_bytes(sink.getvalue()[: len(sink.getvalue()) // 2])
     with pytest.raises(MalformedBody):
-        list(formats.iter_batches(str(path), formats.FileFormat("parquet"), 100))
+        list(files.iter_batches(str(path), files.FileFormat("parquet"), 100))
 
 
 @pytest.mark.parametrize("output_format", ["parquet", "csv", "jsonl"])
 def test_batch_writer_round_trips(bundle, sample_frame, tmp_path, output_format):
     out = predict(bundle, sample_frame)
     path = tmp_path / f"out.{output_format}"
-    with formats.BatchWriter(str(path), output_format) as writer:
+    with files.BatchWriter(str(path), output_format) as writer:
         writer.write(out.iloc[:70])
         writer.write(out.iloc[70:])
     assert writer.rows == len(out)
@@ -242,11 +242,11 @@ _TABLES = st.integers(1, 5).flatmap(
 @given(_TABLES)
 def test_small_json_frames_equal_pandas(table):
     columns, rows = table
-    fast = formats._small_numeric_frame(columns, rows)
+    fast = codecs._small_numeric_frame(columns, rows)
     if fast is not None:
         expected = pd.DataFrame(rows, columns=columns)
         pd.testing.assert_frame_equal(fast, expected, check_exact=True)
     records = [dict(zip(columns, row, strict=True)) for row in rows]
-    fast = formats._small_records_frame(records)
+    fast = codecs._small_records_frame(records)
     if fast is not None:
         pd.testing.assert_frame_equal(fast, pd.DataFrame.from_records(records), check_exact=True)

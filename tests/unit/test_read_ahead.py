@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from service.formats import read_ahead
+from service.threads import read_ahead
 
 
 def test_yields_every_item_in_order():

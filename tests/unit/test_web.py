@@ -15,7 +15,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from werkzeug.test import Client
 
-from service import errors, formats, metrics, openapi
+from service import codecs, errors, metrics, openapi
 from service.artifacts import Bundle
 from service.model import predict
 from service.web import AppConfig, create_app, error_response
@@ -98,12 +98,12 @@ def records(frame: pd.DataFrame) -> list[dict]:
 
 
 BODIES = {
-    "parquet": (formats.PARQUET, lambda f: parquet_bytes(f)),
-    "x-parquet": (formats.X_PARQUET, lambda f: parquet_bytes(f)),
-    "csv": (formats.CSV, lambda f: f.to_csv(index=False).encode()),
+    "parquet": (codecs.PARQUET, lambda f: parquet_bytes(f)),
+    "x-parquet": (codecs.X_PARQUET, lambda f: parquet_bytes(f)),
+    "csv": (codecs.CSV, lambda f: f.to_csv(index=False).encode()),
     "csv-charset": ("text/csv; charset=utf-8", lambda f: f.to_csv(index=False).encode()),
     "dataframe_split": (
-        formats.JSON,
+        codecs.JSON,
         lambda f: orjson.dumps(
             {
                 "dataframe_split": {
@@ -113,22 +113,22 @@ BODIES = {
             }
         ),
     ),
-    "dataframe_records": (formats.JSON, lambda f: orjson.dumps({"dataframe_records": records(f)})),
-    "instances": (formats.JSON, lambda f: orjson.dumps({"instances": records(f)})),
-    "inputs": (formats.JSON, lambda f: orjson.dumps({"inputs": records(f)})),
-    "record-list": (formats.JSON, lambda f: orjson.dumps(records(f))),
-    "jsonlines": (formats.JSONLINES, lambda f: b"\n".join(orjson.dumps(r) for r in records(f))),
-    "ndjson": (formats.NDJSON, lambda f: b"\n".join(orjson.dumps(r) for r in records(f))),
+    "dataframe_records": (codecs.JSON, lambda f: orjson.dumps({"dataframe_records": records(f)})),
+    "instances": (codecs.JSON, lambda f: orjson.dumps({"instances": records(f)})),
+    "inputs": (codecs.JSON, lambda f: orjson.dumps({"inputs": records(f)})),
+    "record-list": (codecs.JSON, lambda f: orjson.dumps(records(f))),
+    "jsonlines": (codecs.JSONLINES, lambda f: b"\n".join(orjson.dumps(r) for r in records(f))),
+    "ndjson": (codecs.NDJSON, lambda f: b"\n".join(orjson.dumps(r) for r in records(f))),
 }
 
 
 def read_predictions(response) -> pd.DataFrame:
-    kind = formats.media_type(response.headers["Content-Type"])
-    if kind in (formats.PARQUET, formats.X_PARQUET):
+    kind = codecs.media_type(response.headers["Content-Type"])
+    if kind in (codecs.PARQUET, codecs.X_PARQUET):
         return pq.read_table(pa.BufferReader(response.data)).to_pandas()
-    if kind == formats.CSV:
+    if kind == codecs.CSV:
         return pd.read_csv(io.BytesIO(response.data))
-    if kind in (formats.JSONLINES, formats.NDJSON):
+    if kind in (codecs.JSONLINES, codecs.NDJSON):
         return pd.DataFrame([orjson.loads(line) for line in response.data.splitlines()])
     return pd.DataFrame(orjson.loads(response.data)["predictions"])
 
@@ -215,15 +215,15 @@ def test_every_input_type_predicts_the_same(client: Client, bundle: Bundle, shap
 @pytest.mark.parametrize(
     ("accept", "answer"),
     [
-        (None, formats.JSON),
-        ("*/*", formats.JSON),
-        (formats.JSON, formats.JSON),
-        (formats.PARQUET, formats.PARQUET),
-        (formats.X_PARQUET, formats.X_PARQUET),
-        (formats.CSV, formats.CSV),
-        (formats.JSONLINES, formats.JSONLINES),
-        (formats.NDJSON, formats.NDJSON),
-        ("text/html;q=0.9, text/csv;q=0.5", formats.CSV),
+        (None, codecs.JSON),
+        ("*/*", codecs.JSON),
+        (codecs.JSON, codecs.JSON),
+        (codecs.PARQUET, codecs.PARQUET),
+        (codecs.X_PARQUET, codecs.X_PARQUET),
+        (codecs.CSV, codecs.CSV),
+        (codecs.JSONLINES, codecs.JSONLINES),
+        (codecs.NDJSON, codecs.NDJSON),
+        ("text/html;q=0.9, text/csv;q=0.5", codecs.CSV),
     ],
 )
 def test_answer_type_follows_accept(
@@ -231,10 +231,10 @@ def test_answer_type_follows_accept(
 ) -> None:
     headers = {"Accept": accept} if accept else {}
     response = client.post(
-        "/invocations", data=parquet_bytes(ROWS), content_type=formats.PARQUET, headers=headers
+        "/invocations", data=parquet_bytes(ROWS), content_type=codecs.PARQUET, headers=headers
     )
     assert response.status_code == 200, response.data
-    assert formats.media_type(response.headers["Content-Type"]) == answer
+    assert codecs.media_type(response.headers["Content-Type"]) == answer
     assert response.headers["X-Model-Version"] == "1"
     np.testing.assert_allclose(
         read_predictions(response)["activation"], expected(bundle), atol=1e-9
@@ -259,7 +259,7 @@ def test_the_bundle_is_taken_once_per_request(bundle: Bundle) -> None:
 
     store = SwappingStore(bundle)
     response = make_client(store).post(
-        "/invocations", data=parquet_bytes(ROWS), content_type=formats.PARQUET
+        "/invocations", data=parquet_bytes(ROWS), content_type=codecs.PARQUET
     )
     assert store.reads == 1
     assert response.headers["X-Model-Version"] == "1"
@@ -271,14 +271,14 @@ def test_the_bundle_is_taken_once_per_request(bundle: Bundle) -> None:
 # -- client mistakes --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("content_type", formats.MEDIA_TYPES)
+@pytest.mark.parametrize("content_type", codecs.MEDIA_TYPES)
 def test_empty_body_is_400(client: Client, content_type: str) -> None:
     assert_error(
         client.post("/invocations", data=b"", content_type=content_type), 400, "malformed_body"
     )
 
 
-@pytest.mark.parametrize("content_type", formats.MEDIA_TYPES)
+@pytest.mark.parametrize("content_type", codecs.MEDIA_TYPES)
 @pytest.mark.parametrize("garbage", [b"\x00\xff\xfe\x89PNG\r\n\x1a\n", b"hello world", b"{[\x01"])
 def test_garbage_is_a_4xx_never_a_500(client: Client, content_type: str, garbage: bytes) -> None:
     response = client.post("/invocations", data=garbage, content_type=content_type)
@@ -314,7 +314,7 @@ def test_strings_in_numeric_columns_are_422(client: Client, shape: str) -> None:
     "document", [{"foo": 1}, [1, 2, 3], {"dataframe_split": {"columns": "x1"}}, "text", 42]
 )
 def test_wrong_json_shape_is_400(client: Client, document: object) -> None:
-    response = client.post("/invocations", data=orjson.dumps(document), content_type=formats.JSON)
+    response = client.post("/invocations", data=orjson.dumps(document), content_type=codecs.JSON)
     assert_error(response, 400, "malformed_body")
 
 
@@ -332,7 +332,7 @@ def test_accept_it_cannot_produce_is_406(client: Client) -> None:
     response = client.post(
         "/invocations",
         data=parquet_bytes(ROWS),
-        content_type=formats.PARQUET,
+        content_type=codecs.PARQUET,
         headers={"Accept": "image/png"},
     )
     assert_error(response, 406, "not_acceptable")
@@ -355,7 +355,7 @@ def test_oversized_body_with_length_is_413_before_reading(client: Client) -> Non
         "/invocations",
         input_stream=stream,
         content_length=LIMIT * 3,
-        content_type=formats.CSV,
+        content_type=codecs.CSV,
     )
     assert_error(response, 413, "payload_too_large")
     assert stream.delivered == 0
@@ -366,7 +366,7 @@ def test_oversized_chunked_body_is_413_after_at_most_limit_plus_one(client: Clie
     environ = {
         "REQUEST_METHOD": "POST",
         "PATH_INFO": "/invocations",
-        "CONTENT_TYPE": formats.CSV,
+        "CONTENT_TYPE": codecs.CSV,
         "HTTP_TRANSFER_ENCODING": "chunked",
         "wsgi.input": stream,
         "wsgi.input_terminated": True,
@@ -383,7 +383,7 @@ def test_chunked_body_within_limit_is_read(client: Client, bundle: Bundle) -> No
     environ = {
         "REQUEST_METHOD": "POST",
         "PATH_INFO": "/invocations",
-        "CONTENT_TYPE": formats.CSV,
+        "CONTENT_TYPE": codecs.CSV,
         "HTTP_TRANSFER_ENCODING": "chunked",
         "wsgi.input": io.BytesIO(data),
     }
@@ -398,7 +398,7 @@ def test_body_exactly_at_the_limit_is_accepted(client: Client) -> None:
     data = b"id,x1,x2,x3\n" + b"1,1,2,3\n" * ((LIMIT - 100) // 8)
     data += b"1,1,2," + b"3" * (LIMIT - len(data) - 7) + b"\n"
     assert len(data) == LIMIT
-    assert client.post("/invocations", data=data, content_type=formats.CSV).status_code == 200
+    assert client.post("/invocations", data=data, content_type=codecs.CSV).status_code == 200
 
 
 # -- API key ----------------------------------------------------------------------------
@@ -411,7 +411,7 @@ def guarded(store: FakeStore) -> Client:
 
 def post_rows(client: Client, headers: dict[str, str]):
     return client.post(
-        "/invocations", data=parquet_bytes(ROWS), content_type=formats.PARQUET, headers=headers
+        "/invocations", data=parquet_bytes(ROWS), content_type=codecs.PARQUET, headers=headers
     )
 
 
@@ -496,7 +496,7 @@ def test_metrics_count_requests_rows_errors_and_the_model(store: FakeStore) -> N
     client = make_client(store)
     post_rows(client, {})
     post_rows(client, {})
-    client.post("/invocations", data=b"", content_type=formats.CSV)
+    client.post("/invocations", data=b"", content_type=codecs.CSV)
     client.get("/nope")
     store.last_error = "model.joblib in /m has sha256 abc, but the manifest says def"
     store.reload_failures = 2

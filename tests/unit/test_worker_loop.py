@@ -21,7 +21,7 @@ from moto import mock_aws
 from service import worker as worker_module
 from service.artifacts import ModelStore
 from service.errors import InvalidData
-from service.formats import FileFormat
+from service.files import FileFormat
 from service.settings import WorkerSettings, load_settings
 from service.worker import Heartbeat, JsonFormatter, Worker, join_columns, transform_file
 

@@ -195,10 +195,10 @@ def gzipped_body(good: pd.DataFrame) -> bytes:
 # Changes requested in core files (see docs/RELIABILITY.md); until they land, the
 # cases that need them are expected to fail (strictly: a fix makes them pass loudly).
 DUPLICATES = "R1 duplicate column names are refused (service/data.py)"
-SNIFF = "R2 parquet or gzip bytes under another name are named (service/formats.py)"
-ROW_TOO_LONG = "R3 a row longer than the read block is named (service/formats.py)"
+SNIFF = "R2 parquet or gzip bytes under another name are named (service/files.py)"
+ROW_TOO_LONG = "R3 a row longer than the read block is named (service/files.py)"
 OVERFLOW = "R4 a value that overflows once scaled is a 422, not a crash (service/data.py)"
-PANDAS_METADATA = "R5 damaged pandas metadata in parquet is ignored (service/formats.py)"
+PANDAS_METADATA = "R5 damaged pandas metadata in parquet is ignored (service/files.py)"
 
 CSV = "text/csv"
 PARQUET = "application/vnd.apache.parquet"
