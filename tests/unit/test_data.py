@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from sklearn.preprocessing import StandardScaler
 
-from service import data
+from service import features as data
 
 _VALUES = st.floats(-1e6, 1e6, allow_nan=False)
 
