@@ -356,6 +356,11 @@ def write_bundle(
     return manifest
 
 
+def write_file(dest: str, name: str, data: bytes) -> None:
+    """One more file beside a bundle (a folder or an S3 prefix), written atomically."""
+    _writer_for(dest)(name, data)
+
+
 def _writer_for(dest: str) -> Any:
     if dest.startswith("s3://"):
         source = S3Source(dest)

@@ -11,6 +11,7 @@ A category never seen in training is passed on: the encoder's `handle_unknown`
 decides, not us.
 """
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,9 @@ from service.errors import InvalidData, ManifestError
 
 TYPES = ("number", "integer", "boolean", "string", "category", "datetime")
 EXAMPLE_VALUES = 3
+_ISO_DATE = re.compile(
+    r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?$"
+)
 _TRUE = frozenset({"true", "1", "yes", "t", "y"})
 _FALSE = frozenset({"false", "0", "no", "f", "n"})
 
@@ -227,6 +231,11 @@ def _infer(column: pd.Series, name: str) -> Field:
     values = column.dropna()
     if values.map(lambda v: isinstance(v, bool | np.bool_)).all() and len(values):
         return Field(name, "boolean")
+    if len(values) and values.map(lambda v: isinstance(v, str) and bool(_ISO_DATE.match(v))).all():
+        parsed = pd.to_datetime(values, format="ISO8601", utc=True)
+        return Field(
+            name, "datetime", unit=np.datetime_data(parsed.dt.tz_localize(None).to_numpy().dtype)[0]
+        )
     return Field(name, "string", tuple(sorted({str(v) for v in values})))
 
 
