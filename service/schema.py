@@ -141,11 +141,12 @@ def _truth(value: Any) -> Any:
 
 
 def _string(column: pd.Series, field: Field) -> np.ndarray:
-    """object values: str, or NaN where missing; numbers and booleans as their text."""
+    """object values: str, or NaN where missing (an empty text is missing: CSV cannot tell
+    them apart); numbers and booleans become their text."""
     values = column.to_numpy(dtype=object)
-    if all(type(v) is str for v in values):
+    if all(type(v) is str and v for v in values):
         return values
-    missing = pd.isna(column).to_numpy()
+    missing = pd.isna(column).to_numpy() | ~column.map(_not_blank).to_numpy(dtype=bool)
     _refuse(column, column.map(_is_container).to_numpy(), field, "text")
     text = np.array([_text(v) for v in values], dtype=object)
     text[missing] = np.nan

@@ -609,8 +609,9 @@ def transform_file(
 
 
 def join_columns(frame: pd.DataFrame, predictions: pd.DataFrame, bundle: Bundle) -> pd.DataFrame:
-    """The input columns with the prediction appended (SageMaker's JoinSource=Input)."""
-    return frame.assign(**{bundle.output_column: predictions[bundle.output_column].to_numpy()})
+    """The input columns with the answer's columns appended (SageMaker's JoinSource=Input)."""
+    answer = {c: predictions[c].to_numpy() for c in predictions.columns if c != bundle.id_column}
+    return frame.assign(**answer)
 
 
 class Lease:
