@@ -151,7 +151,7 @@ def test_bundle_naming_a_missing_package_is_refused_before_loading(tmp_path, lig
     manifest = manifest_of(out)
     manifest["requirements"]["no-such-model-package"] = "9.9"
     (out / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ModelError, match="needs no-such-model-package==9.9, not installed"):
+    with pytest.raises(ModelError, match=r"needs no-such-model-package==9\.9, not installed"):
         load_bundle(str(out))
 
 
