@@ -88,17 +88,19 @@ def encode_rows(rows: pd.DataFrame, media: str) -> bytes:
         buffer = io.BytesIO()
         rows.to_parquet(buffer, index=False)
         return buffer.getvalue()
-    plain = rows.copy()
-    for column in plain.columns:
-        if plain[column].dtype.kind == "M":
-            plain[column] = plain[column].map(lambda t: t.isoformat(), na_action="ignore")
-    data = plain.astype(object).where(plain.notna(), None).to_numpy().tolist()
-    data = [[v.item() if isinstance(v, np.generic) else v for v in row] for row in data]
+    plain = rows.astype(object).where(rows.notna(), None)
+    data = [[_plain(v) for v in row] for row in plain.to_numpy().tolist()]
     if media == "application/json":
         split = {"columns": list(plain.columns), "data": data}
         return json.dumps({"dataframe_split": split}).encode()
     lines = [json.dumps(dict(zip(plain.columns, row, strict=True))) for row in data]
     return ("\n".join(lines) + "\n").encode()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
+    return value.item() if isinstance(value, np.generic) else value
 
 
 MEDIA = ("application/json", "text/csv", "application/jsonlines", "application/vnd.apache.parquet")
