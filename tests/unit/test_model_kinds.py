@@ -4,7 +4,9 @@ estimator's own, through every request format's decoder."""
 import importlib.metadata
 import io
 import json
+import re
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -215,3 +217,20 @@ def test_csv_sample_gives_the_same_schema_as_parquet(tmp_path):
     from_frame = infer_schema(frame, list(frame))
     assert [f.type for f in from_csv] == [f.type for f in from_frame]
     assert [f.categories for f in from_csv] == [f.categories for f in from_frame]
+
+
+def test_model_requirements_are_pinned_and_installed_everywhere():
+    root = Path(__file__).resolve().parents[2]
+    pins = [
+        line
+        for line in (root / "requirements-model.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert pins and all(re.fullmatch(r"[A-Za-z0-9_.-]+==[\w.]+", p) for p in pins), pins
+    constraints = set((root / "constraints.txt").read_text().splitlines())
+    assert set(pins) <= constraints
+    for name, version in (p.split("==") for p in pins):
+        assert importlib.metadata.version(name) == version
+    dockerfile = (root / "Dockerfile").read_text()
+    assert "-r /tmp/deps/requirements-model.txt" in dockerfile
+    assert "-r requirements-model.txt" in (root / "requirements-local.txt").read_text()
