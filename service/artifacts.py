@@ -267,7 +267,7 @@ def _load_file(source: BundleSource, role: str, entry: Mapping[str, str]) -> Any
         )
     try:
         if fmt == "skops":
-            return _load_skops(data, entry.get("trusted") or [], entry["path"])
+            return _load_skops(data, entry.get("trusted", []), entry["path"])
         return deserialise(data)
     except ModelError:
         raise
@@ -280,11 +280,14 @@ def _format_from_path(path: str) -> str:
     return {"pkl": "pickle", "pickle": "pickle", "skops": "skops"}.get(suffix, suffix)
 
 
-def _load_skops(data: bytes, trusted: Any = (), path: str = "the skops file") -> Any:
+def _load_skops(data: bytes, trusted: Any = None, path: str = "the skops file") -> Any:
     """skops' safe loader, trusting only the types the packager listed in the manifest
     (`files.<role>.trusted`); any other type it would need is refused by name."""
     import skops.io
 
+    trusted = [] if trusted is None else trusted
+    if not isinstance(trusted, list) or not all(isinstance(t, str) for t in trusted):
+        raise ManifestError(f"the manifest's 'trusted' for {path} must be a list of type names")
     needed = skops.io.get_untrusted_types(data=data)
     refused = sorted(set(needed) - {str(t) for t in trusted})
     if refused:

@@ -173,7 +173,8 @@ def _category(column: pd.Series, field: Field) -> pd.Categorical:
     which is how HistGradientBoosting's `from_dtype` and LightGBM treat a new category)."""
     strings = all(isinstance(c, str) for c in field.categories)
     values = _string(column, field) if strings else column.to_numpy(dtype=object)
-    return pd.Categorical(values, categories=list(field.categories))
+    known = pd.Index(list(field.categories))
+    return pd.Categorical.from_codes(known.get_indexer(values), categories=known)
 
 
 def _datetime(column: pd.Series, field: Field) -> np.ndarray:
