@@ -53,19 +53,9 @@ def local_cloud(tmp_path_factory):
     endpoint = f"http://127.0.0.1:{port}"
     state = tmp_path_factory.mktemp("localcloud")
     log = (state / "localcloud.log").open("w")
+    options = ["--port", str(port), "--endpoint-port", str(free_port()), "--state-dir", str(state)]
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "localcloud",
-            "up",
-            "--port",
-            str(port),
-            "--endpoint-port",
-            str(free_port()),
-            "--state-dir",
-            str(state),
-        ],
+        [sys.executable, "-m", "localcloud", "up", *options],
         cwd=ROOT,
         env=aws_env(endpoint),
         stdout=log,
