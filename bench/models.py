@@ -99,32 +99,49 @@ def one_row_body(row: pd.DataFrame) -> bytes:
     ).encode()
 
 
-def endpoint_latencies(port: int, body: bytes, requests: int) -> list[float]:
+def paired_latencies(port: int, body: bytes, bundle: Any, row: pd.DataFrame, requests: int) -> dict:
+    """Each endpoint request followed by one in-process predict_proba of the same row: the
+    per-pair difference tracks the machine's load as closely as two timings can. Also the
+    CPU seconds of both sides (less sensitive to other tenants than wall time)."""
+    features = row[list(bundle.input_columns)]
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     headers = {"Content-Type": "application/json"}
-    times = []
+    served, alone, own_cpu = [], [], 0.0
     try:
         for _ in range(requests):
             started = time.perf_counter()
             connection.request("POST", "/invocations", body, headers)
             response = connection.getresponse()
             response.read()
-            times.append(time.perf_counter() - started)
+            served.append(time.perf_counter() - started)
             if response.status != 200:
                 raise RuntimeError(f"the endpoint answered {response.status}")
+            cpu, started = time.thread_time(), time.perf_counter()
+            bundle.model.predict_proba(features)
+            alone.append(time.perf_counter() - started)
+            own_cpu += time.thread_time() - cpu
     finally:
         connection.close()
-    return times
+    return {"served": served, "alone": alone, "alone_cpu": own_cpu / requests}
 
 
-def in_process_latencies(bundle: Any, row: pd.DataFrame, calls: int) -> list[float]:
+def service_path_seconds(
+    bundle: Any, body: bytes, row: pd.DataFrame, calls: int
+) -> dict[str, float]:
+    """In this process, no HTTP: decode + predict + encode against predict_proba alone."""
+    from service import codecs
+    from service.model import predict
+
     features = row[list(bundle.input_columns)]
-    times = []
+    ours, alone = [], []
     for _ in range(calls):
         started = time.perf_counter()
+        codecs.encode(predict(bundle, codecs.decode(body, "application/json")), codecs.JSON)
+        ours.append(time.perf_counter() - started)
+        started = time.perf_counter()
         bundle.model.predict_proba(features)
-        times.append(time.perf_counter() - started)
-    return times
+        alone.append(time.perf_counter() - started)
+    return {"ours": statistics.median(ours), "alone": statistics.median(alone)}
 
 
 def start_endpoint(bundle_dir: Path, logs: Path) -> tuple[Managed, int]:
@@ -222,15 +239,30 @@ def measure_endpoint(
     body = one_row_body(row)
     server, port = start_endpoint(bundle_dir, folder)
     try:
-        endpoint_latencies(port, body, 50)  # warm-up
+        paired_latencies(port, body, bundle, row, 50)  # warm-up
         for _ in range(rounds):
-            served = statistics.median(endpoint_latencies(port, body, requests))
-            alone = statistics.median(in_process_latencies(bundle, row, requests))
-            recorder.add("mixed endpoint: single-row latency (median)", "ms", served * 1e3)
-            recorder.add("mixed in-process predict_proba, one row (median)", "ms", alone * 1e3)
-            recorder.add(
-                "mixed endpoint: overhead over in-process (paired)", "ms", (served - alone) * 1e3
-            )
+            cpu = server.cpu_seconds()
+            pairs = paired_latencies(port, body, bundle, row, requests)
+            server_cpu = (server.cpu_seconds() - cpu) / requests
+            served, alone = statistics.median(pairs["served"]), statistics.median(pairs["alone"])
+            gaps = [a - b for a, b in zip(pairs["served"], pairs["alone"], strict=True)]
+            path = service_path_seconds(bundle, body, row, requests)
+            for name, value in (
+                ("mixed endpoint: single-row latency (median)", served),
+                ("mixed in-process predict_proba, one row (median)", alone),
+                ("mixed endpoint: overhead, median of per-request gaps", statistics.median(gaps)),
+                ("mixed endpoint: server CPU per request", server_cpu),
+                ("mixed in-process predict_proba CPU per call", pairs["alone_cpu"]),
+                (
+                    "mixed endpoint: CPU overhead (server - in-process)",
+                    server_cpu - pairs["alone_cpu"],
+                ),
+                (
+                    "mixed no-HTTP decode+predict+encode minus predict_proba",
+                    path["ours"] - path["alone"],
+                ),
+            ):
+                recorder.add(name, "ms", value * 1e3)
     finally:
         server.stop()
 

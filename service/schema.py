@@ -146,6 +146,8 @@ def _string(column: pd.Series, field: Field) -> Any:
     """object values: str, or NaN where missing (an empty text is missing: CSV cannot tell
     them apart); numbers and booleans become their text."""
     if isinstance(column.dtype, pd.StringDtype):
+        if len(column) <= SMALL_ROWS and "" not in column.tolist():
+            return column
         blank = column.eq("").to_numpy(dtype=bool, na_value=False)
         return column.mask(blank) if blank.any() else column
     values = column.to_numpy(dtype=object, na_value=np.nan)
