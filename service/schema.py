@@ -147,9 +147,9 @@ def _string(column: pd.Series, field: Field) -> Any:
     them apart); numbers and booleans become their text."""
     if isinstance(column.dtype, pd.StringDtype):
         if len(column) <= SMALL_ROWS and "" not in column.tolist():
-            return column
+            return column.array
         blank = column.eq("").to_numpy(dtype=bool, na_value=False)
-        return column.mask(blank) if blank.any() else column
+        return (column.mask(blank) if blank.any() else column).array
     values = column.to_numpy(dtype=object, na_value=np.nan)
     if pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty"):
         missing = pd.isna(values) | (values == "")
