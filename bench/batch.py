@@ -36,6 +36,7 @@ import psutil
 
 from bench import datagen
 from bench.cloud import REPO_ROOT, STACK_NAME, Cloud, wait_object
+from bench.cpu import MachineCpu
 from bench.stats import DATA_DIR, Recorder
 from localcloud.waiting import wait_until
 
@@ -425,23 +426,6 @@ class CpuSampler:
         for ident, (kind, cpu) in self.last.items():
             found[kind] = found.get(kind, 0.0) + cpu - self.first.get(ident, 0.0)
         return found
-
-
-class MachineCpu:
-    """CPU seconds of the whole machine (busy and stolen) and of this process, over a block."""
-
-    BUSY = ("user", "nice", "system", "irq", "softirq")
-
-    def __enter__(self) -> MachineCpu:
-        self._start = (psutil.cpu_times(), psutil.Process().cpu_times())
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        (machine, client), end = self._start, psutil.cpu_times()
-        mine = psutil.Process().cpu_times()
-        self.client = mine.user + mine.system - client.user - client.system
-        self.busy = sum(getattr(end, f) - getattr(machine, f) for f in self.BUSY)
-        self.steal = getattr(end, "steal", 0.0) - getattr(machine, "steal", 0.0)
 
 
 def scaling(source: Path, rounds: int, recorder: Recorder, work: Path) -> None:

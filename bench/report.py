@@ -45,10 +45,12 @@ def table(document: dict) -> str:
 
 def section(path: Path) -> str:
     document = json.loads(path.read_text(encoding="utf-8"))
+    # the per-run detail (every wrk run's raw figures) stays in the JSON
+    notes = {k: v for k, v in document["notes"].items() if k != "runs"}
     return (
         f"### {document['suite']} ({path.name})\n\n"
         f"machine: `{json.dumps(document['machine'])}`\n\n"
-        f"notes: `{json.dumps(document['notes'])}`\n\n"
+        f"notes: `{json.dumps(notes)}`\n\n"
         f"{table(document)}\n"
     )
 
