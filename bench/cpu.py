@@ -16,20 +16,28 @@ import psutil
 
 
 class MachineCpu:
-    """CPU seconds of the whole machine (busy and stolen) and of this process, over a block."""
+    """What the whole machine did over a block: CPU seconds busy, stolen by the hypervisor and
+    waiting for I/O, bytes read from and written to its disks, and this process's CPU."""
 
     BUSY = ("user", "nice", "system", "irq", "softirq")
 
     def __enter__(self) -> MachineCpu:
-        self._start = (psutil.cpu_times(), psutil.Process().cpu_times())
+        self._start = (psutil.cpu_times(), psutil.Process().cpu_times(), _disk())
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        (machine, client), end = self._start, psutil.cpu_times()
+        (machine, client, disk), end = self._start, psutil.cpu_times()
         mine = psutil.Process().cpu_times()
         self.client = mine.user + mine.system - client.user - client.system
         self.busy = sum(getattr(end, f) - getattr(machine, f) for f in self.BUSY)
         self.steal = getattr(end, "steal", 0.0) - getattr(machine, "steal", 0.0)
+        self.iowait = getattr(end, "iowait", 0.0) - getattr(machine, "iowait", 0.0)
+        self.read_bytes, self.written_bytes = (a - b for a, b in zip(_disk(), disk, strict=True))
+
+
+def _disk() -> tuple[int, int]:
+    counters = psutil.disk_io_counters()
+    return (counters.read_bytes, counters.write_bytes) if counters else (0, 0)
 
 
 @dataclass(frozen=True)

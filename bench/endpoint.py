@@ -46,6 +46,7 @@ JSON = "application/json"
 PARQUET = "application/vnd.apache.parquet"
 CONNECTIONS = (1, 16)
 BODIES = ("json-1", "json-1000", "parquet-1000")
+WARM_UP_SECONDS = 3.0  # per scenario, before the first round
 SAME_ANSWERS = 1e-9  # largest absolute difference of probabilities allowed between servers
 
 
@@ -371,9 +372,10 @@ def run(
         }
         limit = InProcess(bodies["ours"])
         plan = scenarios(targets, bodies)
-        for scenario in plan:  # warm-up: first requests load lazily imported code
+        for scenario in plan:  # warm-up: lazily imported code; BentoML's batcher learns
             body = bodies[targets[scenario.target].family][scenario.body]
-            run_wrk(targets[scenario.target].url, body, scenario.connections, 1, True)
+            warm = min(WARM_UP_SECONDS, seconds)
+            run_wrk(targets[scenario.target].url, body, scenario.connections, warm, True)
         runs = recorder.notes.setdefault("runs", [])
         for number in range(rounds):
             shift = number * 3 % len(plan)

@@ -157,7 +157,10 @@ def _mlflow(peer: Peer, port: int, workers: int) -> tuple[list[str], dict[str, s
     argv = [str(venv("mlflow") / "bin" / "mlflow"), "models", "serve"]
     argv += ["-m", str(model_path("mlflow")), "--env-manager", "local"]
     argv += ["-w", str(workers), "-h", LOOPBACK, "-p", str(port)]
-    env = {"MLFLOW_TRACKING_URI": (DATA_DIR / "mlruns").as_uri()}
+    env = {
+        "MLFLOW_TRACKING_URI": (DATA_DIR / "mlruns").as_uri(),
+        "UVICORN_ACCESS_LOG": "false",  # uvicorn's --no-access-log: no log line per request
+    }
     return argv, env, DATA_DIR
 
 

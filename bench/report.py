@@ -30,15 +30,16 @@ def number(value: float) -> str:
 
 def table(document: dict) -> str:
     lines = [
-        "| figure | unit | median | min | max | n |",
-        "|---|---|---:|---:|---:|---:|",
+        "| figure | unit | median | min | max | n | rounds |",
+        "|---|---|---:|---:|---:|---:|---|",
     ]
     for name, figure in document["figures"].items():
         if not figure.get("n"):
             continue
         lines.append(
             f"| {name} | {figure['unit']} | {number(figure['median'])} | "
-            f"{number(figure['min'])} | {number(figure['max'])} | {figure['n']} |"
+            f"{number(figure['min'])} | {number(figure['max'])} | {figure['n']} | "
+            f"{' '.join(number(value) for value in figure['values'])} |"
         )
     return "\n".join(lines)
 

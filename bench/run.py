@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also run our server from DIR (a tree with another service/), interleaved",
     )
     batch = commands.add_parser("batch", help="the batch transform vs the in-process limit")
-    batch.add_argument("--rounds", type=int, default=5)
+    batch.add_argument("--rounds", type=int, default=7)
     batch.add_argument(
         "--parts", default=",".join(BATCH_PARTS), help=f"comma list of {', '.join(BATCH_PARTS)}"
     )
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             if unknown:
                 print(f"unknown parts: {', '.join(sorted(unknown))}", file=sys.stderr)
                 return 2
-            recorder = batch.run(parts, rounds=2 if quick else getattr(args, "rounds", 5))
+            recorder = batch.run(parts, rounds=2 if quick else getattr(args, "rounds", 7))
             recorder.print_table()
             recorder.save()
     except KeyboardInterrupt:
