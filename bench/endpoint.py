@@ -456,35 +456,18 @@ def best_of(results: dict[str, dict], prefix: str, labels: list[str]) -> str | N
 def record_ratios(
     recorder: Recorder, results: dict[str, dict], now: dict[str, float], labels: list[str]
 ) -> None:
-    """Ours against each peer at its best configuration of the round, and against the best."""
-
-    def rps(name: str) -> float:
-        return results[name]["requests"] / results[name]["seconds"]
-
+    """Ours against each peer configuration, each peer at its best configuration of the
+    round, and the best of all; ours against the in-process limit."""
     families: dict[str, list[str]] = {}
     for label in labels:
         families.setdefault(peers.PEERS[label].family, []).append(label)
+    groups = [(label, [label]) for label in labels]  # each configuration, its best mode
+    groups += [(f"{family} best", members) for family, members in families.items()]
+    groups += [("best peer", labels)] if labels else []
     for body in ("json-1", "json-1000"):
         for connections in CONNECTIONS:
-            prefix = f"{body} c{connections}"
-            ours = results[f"ours {prefix}"]
-            for family, members in [*families.items(), ("best peer", labels)]:
-                peer = best_of(results, prefix, members)
-                if peer is None:
-                    continue
-                theirs = results[peer]
-                what = f"ratio {prefix} ours / {family}"
-                recorder.add(f"{what} req/s", "x", rps(f"ours {prefix}") / rps(peer))
-                recorder.add(f"{what} p99", "x", ours["p99_us"] / theirs["p99_us"])
-                if "p99_raw_us" in ours and "p99_raw_us" in theirs:
-                    ratio = ours["p99_raw_us"] / theirs["p99_raw_us"]
-                    recorder.add(f"{what} p99 uncorrected", "x", ratio)
-                recorder.add(f"{what} p50", "x", ours["p50_us"] / theirs["p50_us"])
-                cpu = ours["cpu_ms_per_request"] / theirs["cpu_ms_per_request"]
-                recorder.add(f"{what} CPU per request", "x", cpu)
-                if family == "best peer":
-                    best = recorder.notes.setdefault("best peer", {})
-                    best.setdefault(prefix, []).append(peer)
+            for group, members in groups:
+                record_against(recorder, results, f"{body} c{connections}", group, members)
     for connections in CONNECTIONS:
         ours = results[f"ours json-1 c{connections}"]
         recorder.add(
@@ -496,6 +479,27 @@ def record_ratios(
     recorder.add("overhead c1 single-row: ours p50 - bare predict_proba", "ms", overhead)
     path_overhead = results["ours json-1 c1"]["p50_us"] / 1e3 - now["path json-1"] * 1e3
     recorder.add("overhead c1 single-row: ours p50 - in-process path", "ms", path_overhead)
+
+
+def record_against(
+    recorder: Recorder, results: dict[str, dict], prefix: str, group: str, members: list[str]
+) -> None:
+    """Ours / the group's run with the most requests/s for `prefix` (body, connections)."""
+    peer = best_of(results, prefix, members)
+    if peer is None:
+        return
+    ours, theirs = results[f"ours {prefix}"], results[peer]
+    what = f"ratio {prefix} ours / {group}"
+    rps = (ours["requests"] / ours["seconds"]) / (theirs["requests"] / theirs["seconds"])
+    recorder.add(f"{what} req/s", "x", rps)
+    recorder.add(f"{what} p99", "x", ours["p99_us"] / theirs["p99_us"])
+    if "p99_raw_us" in ours and "p99_raw_us" in theirs:
+        recorder.add(f"{what} p99 uncorrected", "x", ours["p99_raw_us"] / theirs["p99_raw_us"])
+    recorder.add(f"{what} p50", "x", ours["p50_us"] / theirs["p50_us"])
+    cpu = ours["cpu_ms_per_request"] / theirs["cpu_ms_per_request"]
+    recorder.add(f"{what} CPU per request", "x", cpu)
+    if group == "best peer":
+        recorder.notes.setdefault("best peer", {}).setdefault(prefix, []).append(peer)
 
 
 def record_other(recorder: Recorder, results: dict[str, dict], label: str) -> None:
