@@ -254,6 +254,8 @@ def record_machine(
         "I/O wait cores": machine.iowait / seconds,
         "disk read MB": machine.read_bytes / 1e6,
         "disk written MB": machine.written_bytes / 1e6,
+        "dirty page cache at the end MB": machine.dirty_bytes / 1e6,
+        "memory available at the end MB": machine.available_bytes / 1e6,
     }
     for name, value in values.items():
         unit = "MB" if name.endswith("MB") else "cores"
@@ -295,7 +297,7 @@ def print_round(number: int, rounds: int, figures: dict[str, float]) -> None:
         f"{figures['limit stolen cores']:.2f} / {figures['ours stolen cores']:.2f}, "
         f"I/O wait {figures['ours I/O wait cores']:.2f}, disk read "
         f"{figures['ours disk read MB']:.0f} MB written {figures['ours disk written MB']:.0f} MB "
-        "(limit / ours)",
+        f"dirty {figures['ours dirty page cache at the end MB']:.0f} MB (limit / ours; disk: ours)",
         flush=True,
     )
 

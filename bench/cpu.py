@@ -17,7 +17,8 @@ import psutil
 
 class MachineCpu:
     """What the whole machine did over a block: CPU seconds busy, stolen by the hypervisor and
-    waiting for I/O, bytes read from and written to its disks, and this process's CPU."""
+    waiting for I/O, bytes read from and written to its disks, and this process's CPU; at
+    its end, the page cache's writes not yet on disk and the memory available."""
 
     BUSY = ("user", "nice", "system", "irq", "softirq")
 
@@ -33,6 +34,22 @@ class MachineCpu:
         self.steal = getattr(end, "steal", 0.0) - getattr(machine, "steal", 0.0)
         self.iowait = getattr(end, "iowait", 0.0) - getattr(machine, "iowait", 0.0)
         self.read_bytes, self.written_bytes = (a - b for a, b in zip(_disk(), disk, strict=True))
+        memory = _meminfo()
+        self.dirty_bytes = memory.get("Dirty", 0) + memory.get("Writeback", 0)
+        self.available_bytes = memory.get("MemAvailable", 0)
+
+
+def _meminfo() -> dict[str, int]:
+    """/proc/meminfo in bytes: page-cache writes not yet on disk, memory to spare."""
+    found = {}
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                name, _, value = line.partition(":")
+                found[name] = int(value.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return found
 
 
 def _disk() -> tuple[int, int]:
