@@ -43,6 +43,7 @@ from localcloud.waiting import wait_until
 PARTS = ("throughput", "latency", "memory", "scaling")
 SCALING_FILES = 40
 SLOW_PART_ROUNDS = 3
+QUIET_NEIGHBOUR_CORES = 0.25  # a round is quiet when other tenants used less on both sides
 SCALING_IDLE_SECONDS = 5  # each round starts after the workers idled out
 MAIN_PARAMETERS = {"MaxWorkers": "2", "FilesPerWorker": "5", "IdleSeconds": "600"}
 OUTPUT_SECONDS = 900
@@ -264,12 +265,19 @@ def record_machine(
 
 
 def record_throughput_ratios(recorder: Recorder, figures: dict[str, float], rows: int) -> None:
-    recorder.add("ratio 1M rows/s ours / limit", "x", figures["ours"] / figures["limit"])
-    recorder.add(
-        "ratio 1M rows/s ours from input in S3 / limit",
-        "x",
-        figures["ours after upload"] / figures["limit"],
-    )
+    """The round's ratios; again under "quiet rounds" when other tenants left both sides alone."""
+    neighbours = max(figures["limit neighbour cores"], figures["ours neighbour cores"])
+    figures["neighbour cores"] = neighbours
+    recorder.add("1M rows: neighbour cores, the busier side", "cores", neighbours)
+    for prefix in ("", "quiet rounds: ") if neighbours < QUIET_NEIGHBOUR_CORES else ("",):
+        recorder.add(
+            f"{prefix}ratio 1M rows/s ours / limit", "x", figures["ours"] / figures["limit"]
+        )
+        recorder.add(
+            f"{prefix}ratio 1M rows/s ours from input in S3 / limit",
+            "x",
+            figures["ours after upload"] / figures["limit"],
+        )
     recorder.add("1M rows: limit time", "s", rows / figures["limit"])
     if "worker total" in figures:
         limit_seconds = rows / figures["limit"]
@@ -287,6 +295,7 @@ def record_throughput_ratios(recorder: Recorder, figures: dict[str, float], rows
 
 def print_round(number: int, rounds: int, figures: dict[str, float]) -> None:
     """One line per round: the spread of the medians is read from these."""
+    quiet = figures["neighbour cores"] < QUIET_NEIGHBOUR_CORES
     print(
         f"throughput round {number + 1}/{rounds}: limit {figures['limit']:,.0f} rows/s, "
         f"from input in S3 {figures['ours after upload'] / figures['limit']:.2f}x, "
@@ -297,7 +306,8 @@ def print_round(number: int, rounds: int, figures: dict[str, float]) -> None:
         f"{figures['limit stolen cores']:.2f} / {figures['ours stolen cores']:.2f}, "
         f"I/O wait {figures['ours I/O wait cores']:.2f}, disk read "
         f"{figures['ours disk read MB']:.0f} MB written {figures['ours disk written MB']:.0f} MB "
-        f"dirty {figures['ours dirty page cache at the end MB']:.0f} MB (limit / ours; disk: ours)",
+        f"dirty {figures['ours dirty page cache at the end MB']:.0f} MB (limit / ours; disk: ours)"
+        + ("" if quiet else ": NOT QUIET, this round measures the neighbours as much as ours"),
         flush=True,
     )
 
