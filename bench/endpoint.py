@@ -45,7 +45,7 @@ BUNDLE = peers.BUNDLE
 HISTOGRAM = DATA_DIR / "wrk-histogram.txt"
 JSON = "application/json"
 PARQUET = "application/vnd.apache.parquet"
-CONNECTIONS = (1, 16)
+CONNECTIONS = {"json-1": (1, 16), "json-1000": (1, 4, 16), "parquet-1000": (1, 4, 16)}
 BODIES = ("json-1", "json-1000", "parquet-1000")
 WARM_UP_SECONDS = 3.0  # per scenario, before the first round
 SAME_ANSWERS = 1e-9  # largest absolute difference of probabilities allowed between servers
@@ -337,10 +337,10 @@ class InProcess:
 
 def scenarios(targets: dict[str, Target], bodies: dict[str, dict[str, Body]]) -> list[Scenario]:
     found = []
-    for connections in CONNECTIONS:
+    for connections in sorted({c for counts in CONNECTIONS.values() for c in counts}):
         for name in BODIES:
             for target in targets.values():
-                if name not in bodies[target.family]:
+                if name not in bodies[target.family] or connections not in CONNECTIONS[name]:
                     continue
                 found.append(Scenario(target.label, name, connections))
                 if target.close_too:
@@ -494,11 +494,14 @@ def record_ratios(
     groups = [(label, [label]) for label in labels]  # each configuration, its best mode
     groups += [(f"{family} best", members) for family, members in families.items()]
     groups += [("best peer", labels)] if labels else []
-    for body in ("json-1", "json-1000"):
-        for connections in CONNECTIONS:
+    for body in BODIES:
+        for connections in CONNECTIONS[body]:
             for group, members in groups:
-                record_against(recorder, results, f"{body} c{connections}", group, members)
-    for connections in CONNECTIONS:
+                # no peer takes parquet: ours' parquet is set against their JSON of the rows
+                theirs = f"json-1000 c{connections}" if body == "parquet-1000" else None
+                prefix = f"{body} c{connections}"
+                record_against(recorder, results, prefix, group, members, theirs)
+    for connections in CONNECTIONS["json-1"]:
         ours = results[f"ours json-1 c{connections}"]
         recorder.add(
             f"ratio c{connections} single-row server CPU / in-process path CPU",
@@ -512,10 +515,16 @@ def record_ratios(
 
 
 def record_against(
-    recorder: Recorder, results: dict[str, dict], prefix: str, group: str, members: list[str]
+    recorder: Recorder,
+    results: dict[str, dict],
+    prefix: str,
+    group: str,
+    members: list[str],
+    their_prefix: str | None = None,
 ) -> None:
-    """Ours / the group's run with the most requests/s for `prefix` (body, connections)."""
-    peer = best_of(results, prefix, members)
+    """Ours / the group's run with the most requests/s for `prefix` (body, connections),
+    or for `their_prefix` when the peers take the rows in another body."""
+    peer = best_of(results, their_prefix or prefix, members)
     if peer is None:
         return
     ours, theirs = results[f"ours {prefix}"], results[peer]
@@ -528,7 +537,7 @@ def record_against(
     recorder.add(f"{what} p50", "x", ours["p50_us"] / theirs["p50_us"])
     cpu = ours["cpu_ms_per_request"] / theirs["cpu_ms_per_request"]
     recorder.add(f"{what} CPU per request", "x", cpu)
-    if group == "best peer":
+    if group == "best peer" and their_prefix is None:
         recorder.notes.setdefault("best peer", {}).setdefault(prefix, []).append(peer)
 
 
