@@ -18,7 +18,7 @@ import numpy as np
 MODEL = os.environ.get("BENCH_MODEL", "model.joblib")
 WORKERS = int(os.environ.get("BENCH_WORKERS", "2"))
 BATCHABLE = os.environ.get("BENCH_BATCHABLE") == "1"
-MAX_BATCH_SIZE = int(os.environ.get("BENCH_MAX_BATCH_SIZE", "16"))
+MAX_BATCH_SIZE = int(os.environ.get("BENCH_MAX_BATCH_SIZE", "16000"))  # rows, not requests
 
 
 @bentoml.service(workers=WORKERS, logging={"access": {"enabled": False}})

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -35,14 +34,12 @@ from sklearn.preprocessing import StandardScaler
 
 from bench import datagen, peers
 from bench.cpu import MachineCpu, ProcessCpu
-from bench.latency import expected_interval, percentile, read_histogram, uncorrect
+from bench.load import run_wrk
 from bench.processes import LOOPBACK, Managed, free_port, wait_ready
 from bench.stats import DATA_DIR, Recorder
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-LUA = Path(__file__).resolve().parent / "wrk" / "post.lua"
 BUNDLE = peers.BUNDLE
-HISTOGRAM = DATA_DIR / "wrk-histogram.txt"
 JSON = "application/json"
 PARQUET = "application/vnd.apache.parquet"
 CONNECTIONS = {"json-1": (1, 16), "json-1000": (1, 4, 16), "parquet-1000": (1, 4, 16)}
@@ -176,53 +173,6 @@ def check_same_answers(ours: Target, peer: Target, bodies: dict[str, dict[str, B
     if worst > SAME_ANSWERS:
         raise RuntimeError(f"ours and {peer.label} disagree by {worst}")
     return worst
-
-
-# -- wrk --------------------------------------------------------------------------------
-
-
-def run_wrk(url: str, body: Body, connections: int, seconds: float, keep_alive: bool) -> dict:
-    """One wrk run; latencies with and without wrk's coordinated-omission correction, and
-    wrk's own CPU seconds."""
-    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s"]
-    if not keep_alive:
-        command += ["-H", "Connection: close"]
-    command += ["-s", str(LUA), url]
-    HISTOGRAM.unlink(missing_ok=True)
-    env = dict(
-        os.environ,
-        BENCH_BODY=str(body.path),
-        BENCH_TYPE=body.content_type,
-        BENCH_HISTOGRAM=str(HISTOGRAM),
-    )
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    done = subprocess.run(
-        command, env=env, capture_output=True, text=True, timeout=seconds + 60, check=False
-    )
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    for line in done.stdout.splitlines():
-        if line.startswith("BENCH "):
-            result = json.loads(line[6:])
-            errors = sum(
-                result[k]
-                for k in ("connect_errors", "read_errors", "write_errors", "timeouts", "non_2xx")
-            )
-            result["errors"] = errors
-            result["wrk_cpu_seconds"] = (
-                after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-            )
-            if result["histogram"]:
-                add_uncorrected(result, connections)
-            return result
-    raise RuntimeError(f"wrk printed no result:\n{done.stdout}\n{done.stderr}")
-
-
-def add_uncorrected(result: dict, connections: int) -> None:
-    interval = expected_interval(result["duration_us"], result["requests"], connections)
-    raw = uncorrect(read_histogram(HISTOGRAM), interval)
-    result["raw_samples"] = sum(raw.values())  # = requests unless a latency was off wrk's scale
-    result["p50_raw_us"] = percentile(raw, 50)
-    result["p99_raw_us"] = percentile(raw, 99)
 
 
 # -- in-process limit -------------------------------------------------------------------
@@ -405,27 +355,15 @@ def run(
         for scenario in plan:  # warm-up: lazily imported code; BentoML's batcher learns
             body = bodies[targets[scenario.target].family][scenario.body]
             warm = min(WARM_UP_SECONDS, seconds)
-            run_wrk(targets[scenario.target].url, body, scenario.connections, warm, True)
-        runs = recorder.notes.setdefault("runs", [])
+            url = targets[scenario.target].url
+            run_wrk(url, body.path, body.content_type, scenario.connections, warm, True)
         for number in range(rounds):
             shift = number * 3 % len(plan)
             order = plan[shift:] + plan[:shift]
-            order = order if number % 2 == 0 else order[::-1]
             print(f"round {number + 1}/{rounds}", flush=True)
             now = limit.measure(recorder, fast)
-            results = {}
-            with MachineCpu() as machine:
-                started = time.perf_counter()
-                for scenario in order:
-                    target = targets[scenario.target]
-                    body = bodies[target.family][scenario.body]
-                    result = measure(target, body, scenario, seconds)
-                    results[scenario.name] = result
-                    record_scenario(recorder, scenario, result)
-                    runs.append({"round": number + 1, "scenario": scenario.name, **result})
-                wall = time.perf_counter() - started
-            recorder.add("machine busy cores over the round", "cores", machine.busy / wall)
-            recorder.add("machine stolen cores over the round", "cores", machine.steal / wall)
+            order = order if number % 2 == 0 else order[::-1]
+            results = run_round(recorder, number, order, targets, bodies, seconds)
             record_ratios(recorder, results, now, labels)
             for label in compare:
                 record_other(recorder, results, label)
@@ -435,10 +373,42 @@ def run(
             target.server.stop(grace=20)
 
 
+def run_round(
+    recorder: Recorder,
+    number: int,
+    order: list[Scenario],
+    targets: dict[str, Target],
+    bodies: dict[str, dict[str, Body]],
+    seconds: float,
+) -> dict[str, dict]:
+    """Every scenario once, in `order`; each run's raw figures also go to `notes.runs`."""
+    runs = recorder.notes.setdefault("runs", [])
+    results = {}
+    with MachineCpu() as machine:
+        started = time.perf_counter()
+        for scenario in order:
+            target = targets[scenario.target]
+            result = measure(target, bodies[target.family][scenario.body], scenario, seconds)
+            results[scenario.name] = result
+            record_scenario(recorder, scenario, result)
+            runs.append({"round": number + 1, "scenario": scenario.name, **result})
+        wall = time.perf_counter() - started
+    recorder.add("machine busy cores over the round", "cores", machine.busy / wall)
+    recorder.add("machine stolen cores over the round", "cores", machine.steal / wall)
+    return results
+
+
 def measure(target: Target, body: Body, scenario: Scenario, seconds: float) -> dict:
     """One wrk run with the server's CPU split by process and the machine's CPU around it."""
     with ProcessCpu(target.server.tree) as server, MachineCpu() as machine:
-        result = run_wrk(target.url, body, scenario.connections, seconds, scenario.keep_alive)
+        result = run_wrk(
+            target.url,
+            body.path,
+            body.content_type,
+            scenario.connections,
+            seconds,
+            scenario.keep_alive,
+        )
     wall = result["seconds"]
     result["cpu_ms_per_request"] = server.total * 1e3 / max(1, result["requests"])
     result["server_cores"] = server.total / wall
@@ -528,15 +498,19 @@ def record_against(
     if peer is None:
         return
     ours, theirs = results[f"ours {prefix}"], results[peer]
+    if not (ours["requests"] and theirs["requests"]):  # no ratio of a run nothing answered
+        recorder.notes.setdefault("unanswered runs", []).append([prefix, peer])
+        return
     what = f"ratio {prefix} ours / {group}"
     rps = (ours["requests"] / ours["seconds"]) / (theirs["requests"] / theirs["seconds"])
     recorder.add(f"{what} req/s", "x", rps)
     recorder.add(f"{what} p99", "x", ours["p99_us"] / theirs["p99_us"])
-    if "p99_raw_us" in ours and "p99_raw_us" in theirs:
+    if ours.get("p99_raw_us") and theirs.get("p99_raw_us"):
         recorder.add(f"{what} p99 uncorrected", "x", ours["p99_raw_us"] / theirs["p99_raw_us"])
     recorder.add(f"{what} p50", "x", ours["p50_us"] / theirs["p50_us"])
-    cpu = ours["cpu_ms_per_request"] / theirs["cpu_ms_per_request"]
-    recorder.add(f"{what} CPU per request", "x", cpu)
+    if theirs["cpu_ms_per_request"] > 0:
+        cpu = ours["cpu_ms_per_request"] / theirs["cpu_ms_per_request"]
+        recorder.add(f"{what} CPU per request", "x", cpu)
     if group == "best peer" and their_prefix is None:
         recorder.notes.setdefault("best peer", {}).setdefault(prefix, []).append(peer)
 
