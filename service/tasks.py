@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from service.errors import ManifestError
+from service.errors import InvalidData, ManifestError
 
 DEFAULT_LABEL_COLUMN = "label"
 
@@ -64,8 +64,8 @@ def task_of(model: Any, manifest: Mapping[str, Any], uri: str) -> Task:
 def answer(task: Task, model: Any, features: Any, ids: np.ndarray, id_column: str) -> pd.DataFrame:
     """The answer frame: the ids, then the task's columns, one row per input row."""
     if task.kind == "regression":
-        return _regression(task, model.predict(features), ids, id_column)
-    proba = model.predict_proba(features)
+        return _regression(task, _call(model.predict, features), ids, id_column)
+    proba = _call(model.predict_proba, features)
     if task.kind == "binary":
         columns = {id_column: ids, task.output_column: proba[:, 1]}
     else:
@@ -74,6 +74,16 @@ def answer(task: Task, model: Any, features: Any, ids: np.ndarray, id_column: st
     if task.label_column is not None and task.classes is not None:
         columns[task.label_column] = task.classes.take(proba.argmax(axis=1))
     return pd.DataFrame(columns, copy=False)
+
+
+def _call(method: Any, features: Any) -> Any:
+    """The model's own refusal of rows that passed our checks (a missing value where its
+    pipeline has no imputer, say) is the client's to fix: a 422 with the model's reason."""
+    try:
+        return method(features)
+    except (ValueError, TypeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InvalidData(f"the model cannot predict these rows: {reason}") from None
 
 
 def _regression(task: Task, predicted: Any, ids: np.ndarray, id_column: str) -> pd.DataFrame:

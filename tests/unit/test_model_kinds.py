@@ -234,3 +234,12 @@ def test_model_requirements_are_pinned_and_installed_everywhere():
     dockerfile = (root / "Dockerfile").read_text()
     assert "-r /tmp/deps/requirements-model.txt" in dockerfile
     assert "-r requirements-model.txt" in (root / "requirements-local.txt").read_text()
+
+
+def test_rows_the_model_itself_refuses_are_invalid_data_not_a_crash(kind_dirs):
+    bundle = load_bundle(str(kind_dirs["mixed"]))
+    rows = kind_rows("mixed", 3).assign(active=None)  # the example has no imputer for flags
+    with pytest.raises(
+        InvalidData, match="the model cannot predict these rows: Input X contains NaN"
+    ):
+        predict(bundle, rows)
