@@ -243,3 +243,38 @@ def test_rows_the_model_itself_refuses_are_invalid_data_not_a_crash(kind_dirs):
         InvalidData, match="the model cannot predict these rows: Input X contains NaN"
     ):
         predict(bundle, rows)
+
+
+def test_package_to_s3_with_tar(tmp_path, lightgbm_model):
+    import boto3
+    from moto import mock_aws
+
+    model, frame = lightgbm_model
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="models")
+        model_file, sample_file = tmp_path / "m.joblib", tmp_path / "s.parquet"
+        import joblib
+
+        joblib.dump(model, model_file)
+        frame.to_parquet(sample_file)
+        load_script("package_model").main(
+            [
+                "--pipeline",
+                str(model_file),
+                "--sample",
+                str(sample_file),
+                "--name",
+                "m",
+                "--version",
+                "2",
+                "--out",
+                "s3://models/m/2/",
+                "--tar",
+            ]
+        )
+        archive = s3.get_object(Bucket="models", Key="m/2/model.tar.gz")["Body"].read()
+        loaded = load_bundle("s3://models/m/2/")
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        assert sorted(tar.getnames()) == ["manifest.json", "model.joblib"]
+    assert loaded.version == "2" and loaded.input_columns == tuple(frame.columns)
