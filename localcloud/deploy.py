@@ -37,7 +37,8 @@ from infra.template import (
 )
 from localcloud.console import Console
 from localcloud.procs import Child, base_environment
-from localcloud.settings import LocalCloudSettings
+from localcloud.settings import REPO_ROOT, LocalCloudSettings
+from service.batch_contract import LAMBDA_MODULES
 
 AUTO = "auto"
 CODE_BUCKET_PARAMETER = "LambdaCodeBucket"
@@ -64,14 +65,20 @@ class DeployedStack:
 
 
 def package_lambda(source: Path) -> bytes:
-    """Zip a Lambda folder reproducibly (same files, same bytes, same CodeSha256)."""
+    """Zip a Lambda folder, plus the service modules its handler imports (LAMBDA_MODULES),
+    reproducibly (same files, same bytes, same CodeSha256)."""
     buffer = io.BytesIO()
+    members = [
+        (path.relative_to(source).as_posix(), path)
+        for path in source.rglob("*")
+        if path.is_file()
+        and "__pycache__" not in path.relative_to(source).parts
+        and path.suffix != ".pyc"
+    ]
+    members += [(name, REPO_ROOT / name) for name in LAMBDA_MODULES]
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(source.rglob("*")):
-            relative = path.relative_to(source)
-            if path.is_dir() or "__pycache__" in relative.parts or path.suffix == ".pyc":
-                continue
-            info = zipfile.ZipInfo(relative.as_posix(), _ZIP_EPOCH)
+        for name, path in sorted(members):
+            info = zipfile.ZipInfo(name, _ZIP_EPOCH)
             info.external_attr = 0o644 << 16
             info.compress_type = zipfile.ZIP_DEFLATED
             archive.writestr(info, path.read_bytes())
