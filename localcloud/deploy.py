@@ -232,6 +232,20 @@ def dropped_calls(
     return calls
 
 
+def event_invoke_configs(template: Mapping[str, Any], context: Context) -> list[dict[str, Any]]:
+    """``put_function_event_invoke_config`` arguments for each ``AWS::Lambda::EventInvokeConfig``
+    (retries, maximum event age, on-failure destination): moto's CloudFormation skips the
+    type, and the resource's properties are the API's own names."""
+    configs = []
+    for resource in template["Resources"].values():
+        condition = resource.get("Condition")
+        if condition and not context.conditions.get(condition, False):
+            continue
+        if resource.get("Type") == "AWS::Lambda::EventInvokeConfig":
+            configs.append(resolve(resource.get("Properties", {}), context))
+    return configs
+
+
 def apply_dropped(s3: Any, calls: list[tuple[str, dict[str, Any]]], console: Console) -> None:
     for method, args in calls:
         getattr(s3, method)(**args)
@@ -346,8 +360,11 @@ def deploy(
     console.line("localcloud", f"deploying {settings.template.name} as {settings.stack_name}")
     body = Path(settings.template).read_text(encoding="utf-8")
     stack = deploy_stack(cfn, settings.stack_name, body, given, settings.deploy_timeout)
-    apply_dropped(
-        s3, dropped_calls(template, stack_context(settings, cfn, template, stack)), console
-    )
+    context = stack_context(settings, cfn, template, stack)
+    apply_dropped(s3, dropped_calls(template, context), console)
+    lambda_client = session.client("lambda")
+    for config in event_invoke_configs(template, context):
+        lambda_client.put_function_event_invoke_config(**config)
+        console.line("localcloud", f"applied the event invoke config of {config['FunctionName']}")
     ensure_example_model(s3, stack, example, console)
     return stack
