@@ -319,6 +319,8 @@ class S3Object:
     @classmethod
     def from_message(cls, body: Mapping[str, Any]) -> S3Object:
         """A job message parked in the failure queue, read back."""
+        if not isinstance(body, Mapping):
+            raise RecordError("a parked job is not a JSON object")
         return cls._build(
             bucket=body.get("bucket"),
             encoded_key=body.get("key"),

@@ -356,6 +356,34 @@ def test_a_failed_invocation_record_is_redriven_from_the_failure_queue(lambda_cl
     assert lambda_cloud.failure_records() == []
 
 
+def test_a_parked_record_with_a_broken_job_settles_the_others(lambda_cloud) -> None:
+    record = {
+        "requestContext": {"condition": handler.PARKED_CONDITION},
+        "requestPayload": {
+            "jobs": [
+                "not a job",
+                {"bucket": "model-endpoint-local-input", "key": "in/x.csv", "size": "big"},
+                {
+                    "bucket": "model-endpoint-local-input",
+                    "key": "in/ok.csv",
+                    "etag": "e",
+                    "size": 3,
+                    "version_id": None,
+                    "event_time": "2026-11-25T12:00:00Z",
+                },
+            ]
+        },
+    }
+    body = json.dumps(record)
+    lambda_cloud.sqs.send_message(QueueUrl=lambda_cloud.failure_queue_url, MessageBody=body)
+
+    summary = handler.handler({}, None)
+
+    assert summary["redriven"] == 1
+    assert [m["key"] for m in lambda_cloud.messages()] == ["in/ok.csv"]
+    assert lambda_cloud.failure_records() == []
+
+
 def test_an_unreadable_failure_record_is_dropped_with_a_log_line(lambda_cloud, lambda_logs) -> None:
     lambda_cloud.sqs.send_message(QueueUrl=lambda_cloud.failure_queue_url, MessageBody="{broken")
 
