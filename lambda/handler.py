@@ -67,7 +67,6 @@ STARTED_BY_PATTERN = re.compile(r"[A-Za-z0-9_/-]{1,128}")
 PARKED_CONDITION = "NotQueued"
 
 log = logging.getLogger("batch_trigger")
-JsonFormatter = jsonlog.JsonFormatter
 
 
 class ConfigError(ValueError):

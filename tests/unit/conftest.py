@@ -18,6 +18,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from service.jsonlog import JsonFormatter
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -208,7 +210,7 @@ def lambda_logs() -> Iterator[Callable[[], list[dict[str, Any]]]]:
             lines.append(self.format(record))
 
     collector = Collect()
-    collector.setFormatter(handler.JsonFormatter())
+    collector.setFormatter(JsonFormatter())
     handler.log.addHandler(collector)
     try:
         yield lambda: [json.loads(line) for line in lines]
