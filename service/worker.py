@@ -39,7 +39,6 @@ EXIT_NO_MODEL = 3
 EXIT_QUEUE_UNREACHABLE = 4
 
 RETRY_CONFIG = {"mode": "standard", "max_attempts": 5}
-REPORT_GRACE_SECONDS = 5.0
 
 
 def run_worker(settings: WorkerSettings) -> int:
@@ -94,7 +93,7 @@ def wait_for_model(store: ModelStore, seconds: float, stopping: threading.Event)
 
 
 class Worker:
-    """The receive loop and the per-file pipeline, bound to one queue and output bucket."""
+    """The receive loop, bound to one queue; each message's file goes through the pipeline."""
 
     def __init__(
         self,
