@@ -42,6 +42,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from service import jsonlog
 from service.batch_contract import (
+    DEFAULT_OUTPUT_PREFIX,
     MESSAGE_FIELDS,
     file_format,
     is_triggered,
@@ -206,7 +207,7 @@ _ENVIRONMENT: dict[str, Callable[[Mapping[str, str]], Any]] = {
     "failure_queue_url": lambda env: env.get("FAILURE_QUEUE_URL", "").strip(),
     "input_bucket": lambda env: _required(env, "INPUT_BUCKET", "the input bucket's name"),
     "output_bucket": lambda env: _required(env, "OUTPUT_BUCKET", "the output bucket's name"),
-    "output_prefix": lambda env: env.get("OUTPUT_PREFIX", "").strip().strip("/"),
+    "output_prefix": lambda env: env.get("OUTPUT_PREFIX", DEFAULT_OUTPUT_PREFIX).strip().strip("/"),
     "cluster_name": lambda env: _required(env, "CLUSTER_NAME", "an ECS cluster name or ARN"),
     "task_definition": lambda env: _required(env, "TASK_DEFINITION", TASK_DEFINITION_FORMS),
     "worker_container": lambda env: env.get("WORKER_CONTAINER", "").strip() or "worker",

@@ -46,11 +46,15 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 from service.accounting import queue_jobs, unreported_inputs  # noqa: E402
 from service.accounting import report_times as list_report_times  # noqa: E402
-from service.batch_contract import REPORT_SUFFIX, bare_etag, reports_folder  # noqa: E402
+from service.batch_contract import (  # noqa: E402
+    DEFAULT_OUTPUT_PREFIX,
+    REPORT_SUFFIX,
+    bare_etag,
+    reports_folder,
+)
 
 DEFAULT_STACK = "model-endpoint-local"
 DEFAULT_SINCE = "24h"
-DEFAULT_PREFIX = "predictions"
 DEFAULT_REQUEUE_LIMIT = 1000
 STATES = ("in work", "queued", "no message", "failed", "skipped", "succeeded")
 COLUMNS = ("key", "state", "rows", "seconds", "model", "finished", "message")
@@ -258,7 +262,7 @@ class Stack:
         self.output_bucket = outputs["OutputBucketName"]
         self.queue_url = outputs["JobQueueUrl"]
         self.dlq_url = outputs.get("DeadLetterQueueUrl")
-        self.prefix = (params.get("OutputPrefix") or DEFAULT_PREFIX).strip("/")
+        self.prefix = (params.get("OutputPrefix") or DEFAULT_OUTPUT_PREFIX).strip("/")
         self.input_prefix = params.get("InputPrefix") or ""
         self.s3 = session.client("s3")
         self.sqs = session.client("sqs")
