@@ -6,7 +6,10 @@ the Invoke API calls it with the HTTP request's headers, and moto's own event so
 (S3 notifications, SNS, EventBridge, CloudWatch Logs) call it with an empty dict. While the
 runtime is started, that method is replaced by one that runs the code in a Python subprocess,
 synchronously for ``RequestResponse`` and in the background for ``Event`` and for moto's
-event sources (asynchronous on AWS too), with AWS's retries.
+event sources (asynchronous on AWS too), with AWS's retries; an event that still fails, or
+waits past the function's maximum event age, goes to its on-failure destination
+(``localcloud.destinations``). ``fault_drop_events`` (``--fault-drop-events``) fails every
+attempt of that fraction of asynchronous events, for the reliability tests.
 
 As on AWS, a process (an execution environment) serves one invocation at a time and stays
 warm for the next invocation of the same code and configuration: the pool grows with
