@@ -3,6 +3,7 @@ it, and the template's event invoke configuration is what the local cloud applie
 
 from __future__ import annotations
 
+import ast
 import io
 import os
 import subprocess
@@ -72,3 +73,27 @@ def test_the_event_invoke_configuration_resolves_to_the_api_call() -> None:
             "DestinationConfig": {"OnFailure": {"Destination": arn}},
         }
     ]
+
+
+def imported(path: Path) -> set[str]:
+    """Every module a file imports, by full dotted name (``from service import x`` gives
+    ``service.x``)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+            if node.module == "service":
+                names.update(f"service.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_the_package_imports_only_the_standard_library_boto3_and_itself() -> None:
+    allowed = set(sys.stdlib_module_names) | {"boto3", "botocore", "service", "__future__"}
+    files = [REPO / "lambda" / "handler.py", *(REPO / name for name in LAMBDA_MODULES)]
+    names = {name for path in files for name in imported(path)}
+    assert {name for name in names if name.split(".")[0] not in allowed} == set()
+    carried = {name.removesuffix(".py").replace("/", ".") for name in LAMBDA_MODULES}
+    used = {name for name in names if name.startswith("service.")}
+    assert used <= carried, "the handler imports a service module the package lacks"
