@@ -58,7 +58,7 @@ def mixed_file(folder: Path, rows: int) -> Path:
 def worker_seconds(source: Path, target: Path, bundle: Any) -> float:
     from service.files import FileFormat
     from service.settings import WorkerSettings
-    from service.worker import transform_file
+    from service.transform import transform_file
 
     rows = int(WorkerSettings.model_fields["batch_rows"].default)
     started = time.perf_counter()

@@ -65,6 +65,12 @@ class Bundle:
             return tuple(f.name for f in self.schema)
         return self.columns
 
+    @property
+    def numeric_columns(self) -> tuple[str, ...]:
+        """The input columns that hold numbers (files read them as float64, so a type
+        guessed from a file's first block cannot clash with a later one)."""
+        return self.columns
+
 
 class BundleSource(Protocol):
     """Where a bundle's files live: a local folder or an S3 prefix."""
