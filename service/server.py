@@ -53,6 +53,8 @@ QUEUE_LOG_SECONDS = 10.0
 RESTART_BACKOFF_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 STABLE_SECONDS = 30.0
 CONNECTION_LIMIT = 1000
+DISCARD_BYTES = 64 * 1024 * 1024
+DISCARD_SECONDS = 10.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -171,6 +173,7 @@ class _ErrorTask(ErrorTask):
         self.status = f"{error.code} {error.reason}"
         self.response_headers.extend(h for h in response.headers if h[0] != "Content-Length")
         self.set_close_on_finish()
+        self.channel.refused = True
         self.content_length = len(response.body)
         self.write(response.body)
         path = getattr(self.request, "path", "")
@@ -232,9 +235,53 @@ class LoopDispatcher(ThreadedTaskDispatcher):
 
 
 class _Channel(HTTPChannel):
+    """waitress's channel, plus: after refusing a request it could not take (413 for a body
+    over the limit, 431, 400), it half-closes and reads the rest of the client's input,
+    up to DISCARD_BYTES for DISCARD_SECONDS, before closing. Closing with unread input
+    makes the kernel send a reset, and a client that writes its whole body before
+    reading (Python's urllib) would see that instead of the answer."""
+
     task_class = _Task
     error_task_class = _ErrorTask
     held: list[bytes] | None = None
+    refused = False
+    discard_until: float | None = None
+    discard_left = 0
+
+    def handle_close(self) -> None:
+        if self.refused and self.discard_until is None and not self.total_outbufs_len:
+            self.refused = False
+            try:
+                self.socket.shutdown(socket.SHUT_WR)
+            except OSError:
+                return super().handle_close()
+            self.will_close = False
+            self.discard_until = time.monotonic() + DISCARD_SECONDS
+            self.discard_left = DISCARD_BYTES
+            self.server.discarding.add(self)
+            return None
+        self.server.discarding.discard(self)
+        return super().handle_close()
+
+    def readable(self) -> bool:
+        return self.discard_until is not None or super().readable()
+
+    def writable(self) -> bool:
+        if self.discard_until is not None:
+            return self.will_close
+        return super().writable()
+
+    def handle_read(self) -> None:
+        if self.discard_until is None:
+            return super().handle_read()
+        try:
+            data = self.socket.recv(1 << 16)
+        except OSError:
+            data = b""
+        self.discard_left -= len(data)
+        if not data or self.discard_left <= 0 or time.monotonic() > self.discard_until:
+            self.handle_close()
+        return None
 
     def write_soon(self, data: bytes) -> int:
         if self.held is not None:
@@ -276,8 +323,10 @@ class ProcessServer:
             # waitress buffers whole bodies before the app runs: refuse bigger ones
             # while reading (headroom for chunk framing; the app enforces the exact limit)
             max_request_body_size=body_limit + max(1 << 16, body_limit // 16),
+            channel_timeout=getattr(settings, "timeout_seconds", 120.0),
         )
         self.server.channel_class = _Channel
+        self.server.discarding = set()
         self.server.draining = False
         self.server.recorder = app.metrics
         self.server.accepting = False
@@ -311,7 +360,14 @@ class ProcessServer:
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + TICK_SECONDS
+                self._end_discards(now)
                 tick()
+
+    def _end_discards(self, now: float) -> None:
+        """Close the channels whose client kept sending past DISCARD_SECONDS."""
+        for channel in list(self.server.discarding):
+            if channel.discard_until is not None and now > channel.discard_until:
+                channel.handle_close()
 
     def stop(self, *_: object) -> None:
         self.stopping = True

@@ -62,8 +62,9 @@ def test_garbage_is_malformed_not_a_crash(media):
 @pytest.mark.parametrize(
     "document",
     [
-        {"x": 1},
+        {"x": [1]},
         {"instances": [[1, 2]]},
+        {"instances": [{"a": 1}], "dataframe_records": [{"a": 1}]},
         {"dataframe_split": {"columns": ["a"], "data": [[1, 2]]}},
         {"inputs": {"a": [1], "b": [1, 2]}},
         3,

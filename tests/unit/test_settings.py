@@ -64,3 +64,32 @@ def test_readme_lists_every_setting():
     for line in settings_table().splitlines()[2:]:
         variable = line.split("|")[1].strip()
         assert variable in readme, f"{variable} is not documented in the README"
+
+
+def test_sagemaker_variables_set_ours_and_win(monkeypatch, tmp_path):
+    """The inference toolkit's names (sagemaker_inference/parameters.py): SageMaker sets
+    them on the container, so they win over ours."""
+    env = {
+        "MODEL_URI": "/m",
+        "PORT": "9000",
+        "SAGEMAKER_BIND_TO_PORT": "9123",
+        "SAGEMAKER_MODEL_SERVER_WORKERS": "3",
+        "SAGEMAKER_MAX_PAYLOAD_IN_MB": "20",
+        "SAGEMAKER_MODEL_SERVER_TIMEOUT": "30",
+    }
+    settings = load_settings(ServeSettings, env)
+    assert (settings.port, settings.workers, settings.max_request_mb) == (9123, 3, 20.0)
+    assert settings.timeout_seconds == 30.0
+    env["SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS"] = "45"
+    assert load_settings(ServeSettings, env).timeout_seconds == 45.0
+
+
+def test_without_model_uri_serve_uses_the_model_sagemaker_unpacked(monkeypatch, tmp_path):
+    from service import settings as settings_module
+
+    monkeypatch.setattr(settings_module, "SAGEMAKER_MODEL_DIR", str(tmp_path))
+    with pytest.raises(SettingsError, match="MODEL_URI is required"):
+        load_settings(ServeSettings, {})
+    (tmp_path / "manifest.json").write_text("{}")
+    assert load_settings(ServeSettings, {}).model_uri == str(tmp_path)
+    assert load_settings(ServeSettings, {"MODEL_URI": "/m"}).model_uri == "/m"

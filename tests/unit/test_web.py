@@ -3,6 +3,7 @@
 import io
 import logging
 import os
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -18,7 +19,7 @@ from werkzeug.test import Client
 from service import codecs, errors, metrics, openapi
 from service.artifacts import Bundle
 from service.model import predict
-from service.web import AppConfig, create_app, error_response
+from service.web import AppConfig, config_from_settings, create_app, error_response
 from tests.support import wait_for
 
 COLUMNS = ("x1", "x2", "x3")
@@ -190,10 +191,34 @@ def test_unknown_route_is_404_and_wrong_method_405(client: Client) -> None:
 def test_openapi_document_is_valid_and_lists_every_route(client: Client) -> None:
     document = orjson.loads(client.get("/openapi.json").data)
     assert set(document["paths"]) == set(metrics.ROUTES) - {"other"}
-    assert document["components"]["schemas"]["Error"]["required"] == ["error", "message"]
+    error = document["components"]["schemas"]["Error"]
+    assert error["required"] == ["error", "message", "error_code"]
     validator = pytest.importorskip("openapi_spec_validator")
     validator.validate(document)
     validator.validate(openapi.document(api_key_required=True))
+
+
+def test_openapi_and_metrics_list_exactly_the_codes_of_the_error_registry(
+    client: Client,
+) -> None:
+    """service/errors.py is the one list: the document's Error enum, its responses and the
+    errors_total series of /metrics all hold exactly its codes, each under its status."""
+    document = orjson.loads(client.get("/openapi.json").data)
+    registry = {error.code: error.status for error in errors.ENDPOINT_ERRORS}
+    assert set(document["components"]["schemas"]["Error"]["properties"]["error"]["enum"]) == set(
+        registry
+    )
+    listed = {}
+    for name, response in document["components"]["responses"].items():
+        codes = response["description"].rsplit("Codes: ", 1)[1].rstrip(".").split(", ")
+        listed.update({code: int(name[1:]) for code in codes})
+    assert listed == registry
+    recorder = metrics.Metrics().slot(0)
+    for code in registry:
+        recorder.observe(1, registry[code], 0.001, error=code)
+    text = recorder.render().decode()
+    counted = set(re.findall(r'endpoint_errors_total\{error="([a-z_]+)"\}', text))
+    assert counted == set(registry) == set(metrics.ERROR_CODES)
 
 
 # -- predictions ------------------------------------------------------------------------
@@ -310,8 +335,150 @@ def test_strings_in_numeric_columns_are_422(client: Client, shape: str) -> None:
     assert "x2" in body["message"]
 
 
+# -- positional input (the features in the bundle's input order, an optional leading id) ---
+
+FEATURES = ROWS[list(COLUMNS)]
+
+
+def headerless_csv(frame: pd.DataFrame) -> bytes:
+    return frame.to_csv(header=False, index=False).encode()
+
+
+POSITIONAL = {
+    "csv": (codecs.CSV, lambda f: headerless_csv(f)),
+    "json-rows": (
+        codecs.JSON,
+        lambda f: orjson.dumps(f.astype(object).where(f.notna()).values.tolist()),
+    ),
+    "instances-rows": (
+        codecs.JSON,
+        lambda f: orjson.dumps({"instances": f.astype(object).where(f.notna()).values.tolist()}),
+    ),
+    "inputs-rows": (
+        codecs.JSON,
+        lambda f: orjson.dumps(
+            {"inputs": f.astype(object).where(f.notna()).values.tolist(), "params": {"k": 1}}
+        ),
+    ),
+    "jsonlines-rows": (
+        codecs.JSONLINES,
+        lambda f: b"\n".join(
+            orjson.dumps(r) for r in f.astype(object).where(f.notna()).values.tolist()
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("shape", list(POSITIONAL))
+@pytest.mark.parametrize("with_id", [False, True], ids=["features", "id-first"])
+def test_positional_rows_predict_as_named_ones(
+    client: Client, bundle: Bundle, shape: str, with_id: bool
+) -> None:
+    content_type, encode = POSITIONAL[shape]
+    frame = ROWS[["id", *COLUMNS]] if with_id else FEATURES
+    response = client.post("/invocations", data=encode(frame), content_type=content_type)
+    assert response.status_code == 200, response.data
+    result = pd.DataFrame(orjson.loads(response.data)["predictions"])
+    assert ("id" in result.columns) is with_id
+    if with_id:
+        assert result["id"].tolist() == [10, 11, 12]
+    np.testing.assert_allclose(result["activation"], expected(bundle), rtol=0, atol=1e-12)
+
+
+def test_headerless_csv_is_answered_without_header_one_line_per_input_line(
+    client: Client, bundle: Bundle
+) -> None:
+    body = headerless_csv(FEATURES)
+    response = client.post(
+        "/invocations", data=body, content_type=codecs.CSV, headers={"Accept": codecs.CSV}
+    )
+    lines = response.data.decode().splitlines()
+    assert len(lines) == len(body.decode().splitlines()) == 3
+    np.testing.assert_allclose([float(v) for v in lines], expected(bundle), rtol=0, atol=1e-12)
+    with_id = client.post(
+        "/invocations",
+        data=headerless_csv(ROWS[["id", *COLUMNS]]),
+        content_type=codecs.CSV,
+        headers={"Accept": codecs.CSV},
+    )
+    assert [line.split(",")[0] for line in with_id.data.decode().splitlines()] == ["10", "11", "12"]
+    headed = client.post(
+        "/invocations",
+        data=ROWS.to_csv(index=False).encode(),
+        content_type=codecs.CSV,
+        headers={"Accept": codecs.CSV},
+    )
+    assert headed.data.decode().splitlines()[0] == '"id","activation"'
+
+
+def test_a_header_is_recognised_by_its_names_never_by_its_values(client: Client) -> None:
+    """A headed CSV lacking a column is still headed (422 naming it); a first line of
+    text that names no column is a row (422: its values are not numbers)."""
+    missing = client.post("/invocations", data=b"id,x1,x2\n1,2,3\n", content_type=codecs.CSV)
+    assert "missing columns: x3" in assert_error(missing, 422, "invalid_data")["message"]
+    words = client.post("/invocations", data=b"a,b,c\n1,2,3\n", content_type=codecs.CSV)
+    assert assert_error(words, 422, "invalid_data")
+
+
 @pytest.mark.parametrize(
-    "document", [{"foo": 1}, [1, 2, 3], {"dataframe_split": {"columns": "x1"}}, "text", 42]
+    ("content_type", "body"),
+    [
+        (codecs.CSV, b"1,2\n3,4\n"),
+        (codecs.JSON, b"[[1, 2, 3, 4, 5]]"),
+        (codecs.JSON, b'{"instances": [[1]]}'),
+        (codecs.JSONLINES, b"[1, 2]\n[3, 4]\n"),
+    ],
+)
+def test_a_row_of_the_wrong_width_names_the_expected_count(
+    client: Client, content_type: str, body: bytes
+) -> None:
+    message = assert_error(
+        client.post("/invocations", data=body, content_type=content_type), 422, "invalid_data"
+    )["message"]
+    assert "send 3" in message and "or 4" in message and "x1, x2, x3" in message
+
+
+def test_one_json_object_is_one_record(client: Client, bundle: Bundle) -> None:
+    record = {"id": 7, "x1": 1.0, "x2": 0.0, "x3": 0.5}
+    for document in (record, {"instances": record}, {"inputs": record}):
+        response = client.post(
+            "/invocations", data=orjson.dumps(document), content_type=codecs.JSON
+        )
+        assert orjson.loads(response.data)["predictions"][0]["id"] == 7, document
+
+
+def test_mlflow_format_keys_exactly_one(client: Client) -> None:
+    body = {"instances": [[1, 2, 3]], "inputs": [[1, 2, 3]]}
+    response = client.post("/invocations", data=orjson.dumps(body), content_type=codecs.JSON)
+    error = assert_error(response, 400, "malformed_body")
+    assert "exactly one" in error["message"] and error["error_code"] == "BAD_REQUEST"
+
+
+def test_version_is_the_services_version(client: Client) -> None:
+    response = client.get("/version")
+    assert response.status_code == 200
+    assert response.data.decode() == __import__("service").__version__
+    pyproject = (__import__("pathlib").Path(__file__).parents[2] / "pyproject.toml").read_text()
+    assert f'version = "{response.data.decode()}"' in pyproject
+
+
+@pytest.mark.parametrize(("megabytes", "payload"), [(1.0, 1), (6.9, 6), (1024.0, 100)])
+def test_max_payload_never_above_the_limit_nor_100(megabytes: float, payload: int) -> None:
+    settings = SimpleNamespace(max_request_mb=megabytes, workers=1, threads=1, api_key=None)
+    assert config_from_settings(settings).max_payload_mb == payload
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"foo": [1]},
+        [[1, 2], [1]],
+        {"dataframe_split": {"columns": "x1"}},
+        {"instances": [{"x1": 1}], "inputs": [[1, 2, 3]]},
+        {"params": {"k": 1}},
+        "text",
+        42,
+    ],
 )
 def test_wrong_json_shape_is_400(client: Client, document: object) -> None:
     response = client.post("/invocations", data=orjson.dumps(document), content_type=codecs.JSON)
@@ -486,7 +653,11 @@ def test_unexpected_failure_is_500_without_a_traceback(
 def test_errors_map_to_their_status_and_code(error: type[errors.ServiceError]) -> None:
     response = error_response(error("what to fix"))
     assert response.status == error.status
-    assert orjson.loads(response.body) == {"error": error.code, "message": "what to fix"}
+    assert orjson.loads(response.body) == {
+        "error": error.code,
+        "message": "what to fix",
+        "error_code": error.mlflow_code,
+    }
 
 
 # -- metrics ----------------------------------------------------------------------------
@@ -723,6 +894,26 @@ def test_a_slow_request_sends_small_posts_back_to_the_threads(loop_server) -> No
     assert loop_server.call(b"slow") == loop  # the one request a slow model may hold it
     assert loop_server.call() != loop
     assert loop_server.call(b"slow") != loop
+
+
+def test_a_request_waitress_cannot_parse_is_400_while_the_loop_serves(loop_server) -> None:
+    """RELIABILITY R8: once small POSTs run on the loop, a request line waitress cannot
+    parse still gets its 400 (it goes to the threads, with waitress's error task)."""
+    import socket
+
+    from service.server import INLINE_AFTER_FAST
+
+    loop = loop_server.loop.ident
+    for _ in range(INLINE_AFTER_FAST):
+        loop_server.call()
+    assert loop_server.call() == loop, "the loop path must be active for this test"
+    address = loop_server.process.server.socket.getsockname()
+    with socket.create_connection(address, timeout=10) as connection:
+        connection.sendall(b"\x00GARBAGE\r\n\r\n")
+        answer = connection.recv(65536)
+    assert answer.startswith(b"HTTP/1.0 400 "), answer[:200]
+    assert loop_server.process.dispatcher.fast_in_a_row >= INLINE_AFTER_FAST
+    assert loop_server.call() == loop
 
 
 def test_gets_and_big_bodies_always_run_on_the_threads(loop_server) -> None:
