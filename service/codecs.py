@@ -7,6 +7,7 @@ what the type promises) or UnsupportedMediaType; nothing else escapes them.
 import csv
 import functools
 import io
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,7 +38,6 @@ JSON_SHAPES_HELP = (
     "a list of records [{...}], a list of rows [[...]] or one record {...}"
 )
 FORMAT_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
-IGNORED_KEYS = ("params",)
 
 
 class Layout(NamedTuple):
@@ -57,6 +57,10 @@ class Layout(NamedTuple):
             f"{where} holds {width} values: send {count} (the features in the bundle's input "
             f"order: {_listed(self.features)}) or {count + 1} ({self.id_column!r} first)"
         )
+
+    def known(self, names: Any) -> bool:
+        """True when `names` holds one of the bundle's columns (the id or a feature)."""
+        return any(name == self.id_column or name in self.features for name in names)
 
     def name(self, frame: pd.DataFrame, where: str) -> "Decoded":
         """Positional columns named; rows without an id get their position as id (the
@@ -134,6 +138,8 @@ def decode_csv(body: bytes, layout: Layout | None = None) -> Decoded:
     (without a layout, always), otherwise every line is a row of positional values."""
     _refuse_binary(body, "CSV")
     header = layout is None or _names_a_column(body, layout)
+    if not header and not body.endswith(b"\n"):
+        body += b"\n"  # Arrow finds no columns in one headerless line without an end
     options = pacsv.ReadOptions(autogenerate_column_names=not header)
     try:
         table = pacsv.read_csv(pa.BufferReader(body), read_options=options)
@@ -150,8 +156,7 @@ def _names_a_column(body: bytes, layout: Layout) -> bool:
     """True when the first line holds one of the bundle's column names (id or feature)."""
     first = body.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", "replace")
     fields = next(csv.reader([first.lstrip("\ufeff")]), [])
-    known = {layout.id_column, *layout.features}
-    return any(field.strip() in known for field in fields)
+    return layout.known(field.strip() for field in fields)
 
 
 def _csv_frame(data: pa.Table | pa.RecordBatch) -> pd.DataFrame:
@@ -196,8 +201,17 @@ def decode_json(body: bytes, layout: Layout | None = None) -> Decoded:
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise MalformedBody(f"the body is not valid JSON ({exc}): {JSON_SHAPES_HELP}") from None
+        document = _json_with_nan(body, exc)
     return frame_from_json(document, layout)
+
+
+def _json_with_nan(body: bytes, exc: orjson.JSONDecodeError) -> Any:
+    """Python's json module writes a missing value as NaN (MLflow's client does, through
+    json.dumps), which strict JSON has not: read such bodies as Python does."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        raise MalformedBody(f"the body is not valid JSON ({exc}): {JSON_SHAPES_HELP}") from None
 
 
 def frame_from_json(document: Any, layout: Layout | None = None) -> Decoded:
@@ -214,9 +228,12 @@ def frame_from_json(document: Any, layout: Layout | None = None) -> Decoded:
             f"{', '.join(FORMAT_KEYS)}"
         )
     if not keys:
-        if document and _is_record(document) and not set(document) & set(IGNORED_KEYS):
+        if layout is not None and _is_record(document) and layout.known(document):
             return Decoded(_records([document], "the JSON object"))
-        raise MalformedBody(f"unrecognised JSON shape: {JSON_SHAPES_HELP}")
+        raise MalformedBody(
+            f"the JSON object names none of the bundle's columns nor one of "
+            f"{', '.join(FORMAT_KEYS)}: {JSON_SHAPES_HELP}"
+        )
     key = keys[0]
     value = document[key]
     if key == "dataframe_split":

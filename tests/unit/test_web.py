@@ -472,6 +472,7 @@ def test_max_payload_never_above_the_limit_nor_100(megabytes: float, payload: in
     "document",
     [
         {"foo": [1]},
+        {"not": "a serialized dataframe"},
         [[1, 2], [1]],
         {"dataframe_split": {"columns": "x1"}},
         {"instances": [{"x1": 1}], "inputs": [[1, 2, 3]]},
