@@ -13,6 +13,7 @@ import argparse
 import json
 import pickle
 import sys
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="folder or s3://bucket/prefix/")
     parser.add_argument("--id-column", default="id")
     parser.add_argument("--output-column", default="activation")
+    parser.add_argument(
+        "--tar",
+        type=Path,
+        help="also write the bundle as this model.tar.gz (SageMaker's ModelDataUrl: it "
+        "unpacks it into /opt/ml/model, which the server reads when MODEL_URI is unset)",
+    )
     args = parser.parse_args(argv)
     columns = read_columns(args.columns.read_bytes())
     files: dict[str, tuple[str, bytes, str | None]] = {
@@ -73,7 +80,19 @@ def main(argv: list[str] | None = None) -> int:
         files["scaler"] = ("scaler.pkl", args.scaler.read_bytes(), "pickle")
     write_bundle(args.out, files, args.name, args.version, args.id_column, args.output_column)
     print(f"bundle {args.name} version {args.version} written to {args.out}")
+    if args.tar:
+        write_tar(Path(args.out), args.tar)
+        print(f"{args.tar} holds it at the archive's root (upload it as ModelDataUrl)")
     return 0
+
+
+def write_tar(folder: Path, tar_path: Path) -> None:
+    """The bundle folder's files at the root of a gzipped tar, as SageMaker expects."""
+    if not (folder / "manifest.json").is_file():
+        raise SystemExit(f"--tar needs --out to be a local folder holding the bundle: {folder}")
+    with tarfile.open(tar_path, "w:gz") as archive:
+        for path in sorted(folder.iterdir()):
+            archive.add(path, arcname=path.name)
 
 
 if __name__ == "__main__":

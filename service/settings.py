@@ -25,8 +25,9 @@ SAGEMAKER_VARIABLES = {
     "SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS": "timeout_seconds",
     "SAGEMAKER_MODEL_SERVER_TIMEOUT": "timeout_seconds",
 }
-# Where SageMaker unpacks the model's ModelDataUrl (model.tar.gz).
-SAGEMAKER_MODEL_DIR = "/opt/ml/model"
+# Where SageMaker unpacks the model's ModelDataUrl (model.tar.gz): <base>/model, the
+# base being SAGEMAKER_BASE_DIR or /opt/ml (sagemaker_inference/environment.py).
+SAGEMAKER_BASE_DIR = "/opt/ml"
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 OutputFormat = Literal["parquet", "csv", "jsonl"]
@@ -147,8 +148,9 @@ def _sagemaker_values(env: Mapping[str, str], values: dict[str, str]) -> dict[st
     for variable in reversed(SAGEMAKER_VARIABLES):
         if env.get(variable, "").strip():
             values[SAGEMAKER_VARIABLES[variable]] = env[variable]
-    if "model_uri" not in values and (Path(SAGEMAKER_MODEL_DIR) / "manifest.json").is_file():
-        values["model_uri"] = SAGEMAKER_MODEL_DIR
+    model_dir = Path(env.get("SAGEMAKER_BASE_DIR") or SAGEMAKER_BASE_DIR) / "model"
+    if "model_uri" not in values and (model_dir / "manifest.json").is_file():
+        values["model_uri"] = str(model_dir)
     return values
 
 

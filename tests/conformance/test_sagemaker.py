@@ -206,3 +206,73 @@ def test_batch_transform_split_line_assemble_line_join_input(
     )
     if not single_record:
         assert len(split_lines(path, 1, False)) > 1, "the file must need several mini-batches"
+
+
+# -- the container as SageMaker starts it ---------------------------------------------------
+
+
+def test_model_tar_gz_served_from_the_model_dir_on_the_bound_port(
+    bundle: Bundle, rows: pd.DataFrame, expected: np.ndarray, tmp_path: Path
+) -> None:
+    """scripts/package_model.py --tar writes model.tar.gz; SageMaker unpacks it into
+    <SAGEMAKER_BASE_DIR>/model and starts `serve` with SAGEMAKER_BIND_TO_PORT and the
+    toolkit's variables (sagemaker_inference/parameters.py, environment.py), no MODEL_URI."""
+    import pickle
+    import subprocess
+    import sys
+    import tarfile
+
+    from tests.endpoint_fixtures import REPO
+    from tests.support import free_port
+
+    pickles = {}
+    for name, value in (
+        ("model", bundle.model),
+        ("scaler", bundle.scaler),
+        ("mean", dict(bundle.mean)),
+        ("columns", list(bundle.columns)),
+    ):
+        pickles[name] = tmp_path / f"{name}.pkl"
+        pickles[name].write_bytes(pickle.dumps(value))
+    archive = tmp_path / "model.tar.gz"
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "package_model.py"),
+            *(f"--{name}={path}" for name, path in pickles.items()),
+            "--name",
+            bundle.name,
+            "--version",
+            "7",
+            "--out",
+            str(tmp_path / "bundle"),
+            "--tar",
+            str(archive),
+        ],
+        check=True,
+    )
+    base = tmp_path / "opt-ml"
+    with tarfile.open(archive) as tar:
+        tar.extractall(base / "model", filter="data")
+    server = EndpointServer(
+        tmp_path / "server.log",
+        port=free_port(),  # PORT loses to SAGEMAKER_BIND_TO_PORT
+        sagemaker_base_dir=base,
+        sagemaker_model_server_workers=1,
+        sagemaker_max_payload_in_mb=2,
+    )
+    server.env["SAGEMAKER_BIND_TO_PORT"] = str(server.port)
+    try:
+        server.start()
+        assert requests.get(f"{server.url}/ping", timeout=10).json()["model"]["version"] == "7"
+        assert (
+            requests.get(f"{server.url}/execution-parameters", timeout=10).json()["MaxPayloadInMB"]
+            == 2
+        )
+        assert "with 1 process " in server.log()
+        answer = invoke(server, csv_serializer(rows[list(bundle.input_columns)]), CSV, accept=CSV)
+        np.testing.assert_allclose(
+            [float(v) for v in answer.text.splitlines()], expected, rtol=0, atol=1e-12
+        )
+    finally:
+        server.kill()

@@ -84,12 +84,12 @@ def test_sagemaker_variables_set_ours_and_win(monkeypatch, tmp_path):
     assert load_settings(ServeSettings, env).timeout_seconds == 45.0
 
 
-def test_without_model_uri_serve_uses_the_model_sagemaker_unpacked(monkeypatch, tmp_path):
-    from service import settings as settings_module
-
-    monkeypatch.setattr(settings_module, "SAGEMAKER_MODEL_DIR", str(tmp_path))
+def test_without_model_uri_serve_uses_the_model_sagemaker_unpacked(tmp_path):
+    """<SAGEMAKER_BASE_DIR or /opt/ml>/model, as sagemaker_inference/environment.py says."""
+    base = {"SAGEMAKER_BASE_DIR": str(tmp_path)}
     with pytest.raises(SettingsError, match="MODEL_URI is required"):
-        load_settings(ServeSettings, {})
-    (tmp_path / "manifest.json").write_text("{}")
-    assert load_settings(ServeSettings, {}).model_uri == str(tmp_path)
-    assert load_settings(ServeSettings, {"MODEL_URI": "/m"}).model_uri == "/m"
+        load_settings(ServeSettings, base)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "manifest.json").write_text("{}")
+    assert load_settings(ServeSettings, base).model_uri == str(tmp_path / "model")
+    assert load_settings(ServeSettings, {**base, "MODEL_URI": "/m"}).model_uri == "/m"
