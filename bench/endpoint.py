@@ -5,8 +5,9 @@ Per round, in a rotated order: wrk (one thread, keep-alive unless said) against
 bodies (MLflow's `dataframe_split`) and 1,000-row parquet (ours only), at concurrency 1
 and 16; MLflow also with `Connection: close`. Around each wrk run the server's CPU time
 (its whole process tree, psutil) gives CPU milliseconds per request. In the same round the
-bench process times the in-process limit on the same rows: the bare arithmetic (fill the
-means, scale, `predict_proba`) and our decode -> predict -> encode path.
+bench process times the in-process limit on the same rows: the bare arithmetic the server
+does (fill the means, a StandardScaler's two array operations, `predict_proba`; see
+`InProcess.bare`) and our decode -> predict -> encode path.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pandas as pd
+from sklearn.preprocessing import StandardScaler
 
 from bench import datagen
 from bench.processes import LOOPBACK, Managed, free_port, http_status
@@ -265,12 +267,23 @@ def per_call(function: Callable[[], Any], calls: int, blocks: int = 15) -> tuple
     return statistics.median(walls), statistics.median(cpus)
 
 
+def scaled_like_the_server(matrix: np.ndarray, means: np.ndarray, scaler: Any) -> np.ndarray:
+    """prepare_data's arithmetic on a float matrix: means where values are missing (only
+    then), and a plain StandardScaler's two array operations instead of its transform."""
+    missing = np.isnan(matrix)
+    filled = np.where(missing, means, matrix) if missing.any() else matrix
+    scaled = filled - scaler.mean_
+    scaled /= scaler.scale_
+    return scaled
+
+
 class InProcess:
     """The limit on the same rows, in this process, with the same bundle."""
 
     def __init__(self, bodies: dict[str, Body]) -> None:
         from service import codecs
         from service.artifacts import load_bundle
+        from service.data import prepare_data
         from service.model import predict
 
         self.bundle = load_bundle(str(BUNDLE))
@@ -286,17 +299,35 @@ class InProcess:
             )
             for name, body in bodies.items()
         }
+        self.check_bare(prepare_data)
 
     def bare(self, name: str) -> Callable[[], Any]:
-        """Fill, scale, predict_proba on a ready float matrix: the arithmetic alone."""
+        """The arithmetic the server does on a ready float matrix, and only that: the means
+        filled in where values are missing (only then, as prepare_data), a StandardScaler's
+        two array operations (prepare_data skips ``transform`` and its input checks), and
+        ``predict_proba`` (input checks included: the server calls it too). Not in it:
+        decoding, column selection, the finite checks, encoding, HTTP."""
         matrix, means = self.matrices[name], self.means
         model, scaler = self.bundle.model, self.bundle.scaler
 
         def call() -> Any:
-            filled = np.where(np.isnan(matrix), means, matrix)
-            return model.predict_proba(scaler.transform(filled))[:, 1]
+            return model.predict_proba(scaled_like_the_server(matrix, means, scaler))[:, 1]
 
         return call
+
+    def check_bare(self, prepare_data: Callable[..., np.ndarray]) -> None:
+        """Fail before measuring if the baseline's matrix is not the server's, bit for bit
+        (a changed scaler or prepare_data would otherwise change what the figure means)."""
+        scaler = self.bundle.scaler
+        if type(scaler) is not StandardScaler or not (scaler.with_mean and scaler.with_std):
+            raise RuntimeError(f"the bare baseline assumes a plain StandardScaler: {scaler!r}")
+        for name, body in self.bodies.items():
+            ours = scaled_like_the_server(self.matrices[name], self.means, scaler)
+            frame = self.codecs.decode(self.raw[name], body.content_type)
+            if not np.array_equal(ours, prepare_data(frame, self.bundle)):
+                raise RuntimeError(
+                    f"the bare baseline's matrix differs from prepare_data's ({name})"
+                )
 
     def path(self, name: str) -> Callable[[], bytes]:
         """Our decode -> predict -> encode, without HTTP."""
