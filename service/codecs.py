@@ -154,8 +154,12 @@ def decode_csv(body: bytes, layout: Layout | None = None) -> Decoded:
 
 def _names_a_column(body: bytes, layout: Layout) -> bool:
     """True when the first line holds one of the bundle's column names (id or feature)."""
-    first = body.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", "replace")
-    fields = next(csv.reader([first.lstrip("\ufeff")]), [])
+    lines = body[: 1 << 20].splitlines()
+    first = lines[0].decode("utf-8", "replace").lstrip("\ufeff") if lines else ""
+    try:
+        fields = next(csv.reader([first]), [])
+    except csv.Error:  # a stray quote or NUL: the names, if any, are still comma-separated
+        fields = first.split(",")
     return layout.known(field.strip() for field in fields)
 
 

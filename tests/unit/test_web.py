@@ -437,6 +437,13 @@ def test_a_row_of_the_wrong_width_names_the_expected_count(
     assert "send 3" in message and "or 4" in message and "x1, x2, x3" in message
 
 
+@pytest.mark.parametrize("body", ["\r¦AÅ`".encode(), b"a,b\rc\r1,2\r", b'"x\x00', b"\r\n\r\n"])
+def test_odd_csv_first_lines_are_a_4xx_never_a_500(client: Client, body: bytes) -> None:
+    """Found by schemathesis: a first line ended by a bare CR made the header check raise."""
+    response = client.post("/invocations", data=body, content_type=codecs.CSV)
+    assert 400 <= response.status_code < 500, response.data
+
+
 def test_one_json_object_is_one_record(client: Client, bundle: Bundle) -> None:
     record = {"id": 7, "x1": 1.0, "x2": 0.0, "x3": 0.5}
     for document in (record, {"instances": record}, {"inputs": record}):
