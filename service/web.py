@@ -5,9 +5,15 @@ a single-row request costs little more than the prediction itself. Every error
 becomes a response in one place, `error_response`; a client never sees a stack
 trace.
 
+A prediction request is four steps in `App.invocations`: `read_body` (the bytes,
+refused over MAX_REQUEST_MB), `codecs.read` (bytes -> rows, positional input named
+by the bundle's `Layout`), `predict` (the path the batch worker shares) and
+`codecs.encode` (rows -> the negotiated type; headerless CSV stays headerless). A
+layer that batches requests together belongs around the `predict` call.
+
 API_KEY guards the model and its telemetry (/invocations, /metrics). The health
 checks (/ping, /health) and the public descriptions (/execution-parameters,
-/openapi.json) stay open: load balancers and SageMaker call them without a key.
+/openapi.json, /version) stay open: load balancers and SageMaker call them without a key.
 """
 
 import hmac

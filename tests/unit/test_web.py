@@ -609,7 +609,9 @@ def test_the_key_in_either_header_is_accepted(guarded: Client, headers: dict[str
     assert guarded.get("/metrics", headers=headers).status_code == 200
 
 
-@pytest.mark.parametrize("path", ["/ping", "/health", "/execution-parameters", "/openapi.json"])
+@pytest.mark.parametrize(
+    "path", ["/ping", "/health", "/execution-parameters", "/openapi.json", "/version"]
+)
 def test_health_checks_and_descriptions_need_no_key(guarded: Client, path: str) -> None:
     assert guarded.get(path).status_code == 200
 
