@@ -412,14 +412,28 @@ def _record_list(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
 
 
+def _json_default(value: Any) -> Any:
+    """What orjson cannot write itself: pandas' timestamps and missing values (a datetime
+    column, a nullable one) as ISO text and null."""
+    if value is pd.NaT or value is pd.NA:
+        return None
+    if isinstance(value, (pd.Timestamp, pd.Timedelta)):
+        return value.isoformat()
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
 def encode_json(frame: pd.DataFrame) -> bytes:
-    return orjson.dumps({"predictions": _record_list(frame)}, option=orjson.OPT_SERIALIZE_NUMPY)
+    return orjson.dumps(
+        {"predictions": _record_list(frame)},
+        default=_json_default,
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )
 
 
 def encode_jsonlines(frame: pd.DataFrame) -> bytes:
     dumps = orjson.dumps
     option = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
-    return b"".join(dumps(row, option=option) for row in _record_list(frame))
+    return b"".join(dumps(row, default=_json_default, option=option) for row in _record_list(frame))
 
 
 def _table(frame: pd.DataFrame) -> pa.Table:
