@@ -25,7 +25,8 @@ from localcloud.cloud import LocalCloud
 from localcloud.console import Console
 from localcloud.deploy import DeployedStack
 from localcloud.settings import LocalCloudSettings
-from service.batch import OUTPUT_CONTENT_TYPES, REPORT_SUFFIX, REPORTS_FOLDER, SUCCEEDED
+from service.batch import OUTPUT_CONTENT_TYPES
+from service.batch_contract import REPORT_SUFFIX, REPORTS_FOLDER, SUCCEEDED
 from service.codecs import JSON, PARQUET, decode, encode_parquet
 from service.files import file_format
 

@@ -37,7 +37,8 @@ from infra.template import (
 )
 from localcloud.console import Console
 from localcloud.procs import Child, base_environment
-from localcloud.settings import LocalCloudSettings
+from localcloud.settings import REPO_ROOT, LocalCloudSettings
+from service.batch_contract import LAMBDA_MODULES
 
 AUTO = "auto"
 CODE_BUCKET_PARAMETER = "LambdaCodeBucket"
@@ -64,14 +65,20 @@ class DeployedStack:
 
 
 def package_lambda(source: Path) -> bytes:
-    """Zip a Lambda folder reproducibly (same files, same bytes, same CodeSha256)."""
+    """Zip a Lambda folder, plus the service modules its handler imports (LAMBDA_MODULES),
+    reproducibly (same files, same bytes, same CodeSha256)."""
     buffer = io.BytesIO()
+    members = [
+        (path.relative_to(source).as_posix(), path)
+        for path in source.rglob("*")
+        if path.is_file()
+        and "__pycache__" not in path.relative_to(source).parts
+        and path.suffix != ".pyc"
+    ]
+    members += [(name, REPO_ROOT / name) for name in LAMBDA_MODULES]
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(source.rglob("*")):
-            relative = path.relative_to(source)
-            if path.is_dir() or "__pycache__" in relative.parts or path.suffix == ".pyc":
-                continue
-            info = zipfile.ZipInfo(relative.as_posix(), _ZIP_EPOCH)
+        for name, path in sorted(members):
+            info = zipfile.ZipInfo(name, _ZIP_EPOCH)
             info.external_attr = 0o644 << 16
             info.compress_type = zipfile.ZIP_DEFLATED
             archive.writestr(info, path.read_bytes())
@@ -225,6 +232,20 @@ def dropped_calls(
     return calls
 
 
+def event_invoke_configs(template: Mapping[str, Any], context: Context) -> list[dict[str, Any]]:
+    """``put_function_event_invoke_config`` arguments for each ``AWS::Lambda::EventInvokeConfig``
+    (retries, maximum event age, on-failure destination): moto's CloudFormation skips the
+    type, and the resource's properties are the API's own names."""
+    configs = []
+    for resource in template["Resources"].values():
+        condition = resource.get("Condition")
+        if condition and not context.conditions.get(condition, False):
+            continue
+        if resource.get("Type") == "AWS::Lambda::EventInvokeConfig":
+            configs.append(resolve(resource.get("Properties", {}), context))
+    return configs
+
+
 def apply_dropped(s3: Any, calls: list[tuple[str, dict[str, Any]]], console: Console) -> None:
     for method, args in calls:
         getattr(s3, method)(**args)
@@ -339,8 +360,11 @@ def deploy(
     console.line("localcloud", f"deploying {settings.template.name} as {settings.stack_name}")
     body = Path(settings.template).read_text(encoding="utf-8")
     stack = deploy_stack(cfn, settings.stack_name, body, given, settings.deploy_timeout)
-    apply_dropped(
-        s3, dropped_calls(template, stack_context(settings, cfn, template, stack)), console
-    )
+    context = stack_context(settings, cfn, template, stack)
+    apply_dropped(s3, dropped_calls(template, context), console)
+    lambda_client = session.client("lambda")
+    for config in event_invoke_configs(template, context):
+        lambda_client.put_function_event_invoke_config(**config)
+        console.line("localcloud", f"applied the event invoke config of {config['FunctionName']}")
     ensure_example_model(s3, stack, example, console)
     return stack

@@ -41,6 +41,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+from service.batch_contract import LAMBDA_MODULES, report_key  # noqa: E402
+
 DEFAULT_TEMPLATE = REPO_ROOT / "infra" / "stack.yaml"
 DEFAULT_REPOSITORY = "model-endpoint"
 DEFAULT_STACK = "model-endpoint"
@@ -202,12 +204,15 @@ def _zip_members(source: Path) -> list[Path]:
 
 
 def lambda_zip(source: Path) -> bytes:
-    """The Lambda package: source's files at the archive's root, byte-for-byte reproducible
+    """The Lambda package: source's files at the archive's root plus the service modules the
+    handler imports (LAMBDA_MODULES), byte-for-byte reproducible
     (sorted names, fixed dates and modes), so the same code always has the same hash."""
     buffer = io.BytesIO()
+    members = [(path.relative_to(source).as_posix(), path) for path in _zip_members(source)]
+    members += [(name, REPO_ROOT / name) for name in LAMBDA_MODULES]
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in _zip_members(source):
-            info = zipfile.ZipInfo(path.relative_to(source).as_posix(), date_time=ZIP_DATE)
+        for name, path in sorted(members):
+            info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
             info.compress_type = zipfile.ZIP_DEFLATED
             info.create_system = 3
             executable = path.stat().st_mode & 0o111
@@ -281,11 +286,6 @@ def failed_events(events: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]
 def is_terminal(status: str) -> bool:
     """Whether a stack status is final (CloudFormation does nothing more on its own)."""
     return not status.endswith("_IN_PROGRESS")
-
-
-def report_key(output_prefix: str, input_key: str) -> str:
-    """Where the worker writes its report for an input object (the worker's contract)."""
-    return f"{output_prefix.strip('/')}/_reports/{input_key}.json"
 
 
 def registry_login(token: str, endpoint: str) -> tuple[str, str, str]:
