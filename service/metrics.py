@@ -38,6 +38,8 @@ STATUSES = (200, 400, 401, 404, 405, 406, 413, 415, 422, 431, 500, 501, 503)
 # Every code an answer can carry; an unknown one would count as internal_error.
 ERROR_CODES = ENDPOINT_CODES
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Requests answered by one prediction call (adaptive batching; 1: alone).
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 CONTENT_TYPE = PROMETHEUS
 PREFIX = "endpoint_"
 
@@ -53,7 +55,9 @@ _ROWS = _SUMS + len(ROUTES)
 _ERRORS = _ROWS + 1
 _RELOADS = _ERRORS + len(ERROR_CODES)
 _RELOAD_FAILURES = _RELOADS + 1
-_CELLS = _RELOAD_FAILURES + 1
+_BATCHES = _RELOAD_FAILURES + 1
+_BATCH_SUM = _BATCHES + len(BATCH_BUCKETS) + 1
+_CELLS = _BATCH_SUM + 1
 _TEXT_BYTES = 4096
 _TEXT_HEADER = struct.Struct("=QI")
 _SLOT_BYTES = _CELLS * 8 + _TEXT_BYTES
@@ -118,6 +122,12 @@ class SlotMetrics:
                 cells[_ROWS] += rows
             if error is not None:
                 cells[_ERRORS + _ERROR_INDEX.get(error, _INTERNAL_ERROR)] += 1
+
+    def observe_batch(self, requests: int) -> None:
+        """Count one prediction call that served `requests` requests."""
+        with self._lock:
+            self._cells[_BATCHES + bisect.bisect_left(BATCH_BUCKETS, requests)] += 1
+            self._cells[_BATCH_SUM] += requests
 
     def sync_store(self, store: Any) -> None:
         """Publish the model store's state if it changed since the last call (cheap to repeat)."""
@@ -195,7 +205,21 @@ def _render(totals: list[float], states: list[dict[str, Any]]) -> Iterable[str]:
     for e, code in enumerate(ERROR_CODES):
         if totals[_ERRORS + e]:
             yield _sample("errors_total", {"error": code}, totals[_ERRORS + e])
+    yield from _batch_family(totals)
     yield from _model_families(totals, states)
+
+
+def _batch_family(totals: list[float]) -> Iterable[str]:
+    yield from _family(
+        "batch_requests", "histogram", "Requests answered by one prediction call (1: alone)."
+    )
+    cumulative = 0.0
+    counts = totals[_BATCHES : _BATCHES + len(BATCH_BUCKETS) + 1]
+    for bound, count in zip((*BATCH_BUCKETS, "+Inf"), counts, strict=True):
+        cumulative += count
+        yield _sample("batch_requests_bucket", {"le": bound}, cumulative)
+    yield _sample("batch_requests_sum", {}, totals[_BATCH_SUM])
+    yield _sample("batch_requests_count", {}, cumulative)
 
 
 def _model_families(totals: list[float], states: list[dict[str, Any]]) -> Iterable[str]:

@@ -97,6 +97,22 @@ class ServeSettings(CommonSettings):
         "'Authorization: Bearer <key>' (401 otherwise).",
     )
     access_log: bool = Field(False, description="true: log one line per request.")
+    batch_max_rows: int = Field(
+        0,
+        ge=0,
+        le=100_000,
+        description="Adaptive batching (0-100,000; 0: off): requests of at most this many "
+        "rows that arrive while a prediction runs share the next call, up to this many rows "
+        "in all. Answers may then differ from one-by-one in the last bits (BLAS sums rows "
+        "in another order).",
+    )
+    batch_wait_ms: float = Field(
+        2.0,
+        ge=0,
+        le=1000,
+        description="Longest a batched request waits for the prediction in flight before "
+        "it runs on its own (ms, 0-1000); a request alone never waits.",
+    )
 
 
 class WorkerSettings(CommonSettings):

@@ -8,8 +8,9 @@ trace.
 A prediction request is four steps in `App.invocations`: `read_body` (the bytes,
 refused over MAX_REQUEST_MB), `codecs.read` (bytes -> rows, positional input named
 by the bundle's `Layout`), `predict` (the path the batch worker shares) and
-`codecs.encode` (rows -> the negotiated type; headerless CSV stays headerless). A
-layer that batches requests together belongs around the `predict` call.
+`codecs.encode` (rows -> the negotiated type; headerless CSV stays headerless).
+`predict` goes through the process's `Batcher` (service/batching.py), which lets
+concurrent small requests share one call when BATCH_MAX_ROWS is set.
 
 API_KEY guards the model and its telemetry (/invocations, /metrics). The health
 checks (/ping, /health) and the public descriptions (/execution-parameters,
@@ -28,6 +29,7 @@ import orjson
 
 from service import __version__, codecs, metrics, openapi
 from service.artifacts import Bundle
+from service.batching import Batcher
 from service.codecs import Layout
 from service.errors import (
     MalformedBody,
@@ -40,7 +42,6 @@ from service.errors import (
     UnsupportedMediaType,
 )
 from service.media import JSON, TEXT
-from service.model import predict
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("service.access")
@@ -82,6 +83,8 @@ class AppConfig:
     max_concurrent: int = 1
     max_payload_mb: int = 6  # SageMaker's MaxPayloadInMB: never above the limit, nor 100
     access_log: bool = False
+    batch_max_rows: int = 0
+    batch_wait_seconds: float = 0.002
 
 
 def config_from_settings(settings: Any) -> AppConfig:
@@ -93,6 +96,8 @@ def config_from_settings(settings: Any) -> AppConfig:
         max_concurrent=int(settings.workers) * int(settings.threads),
         max_payload_mb=min(MAX_PAYLOAD_MB, int(megabytes)),
         access_log=bool(getattr(settings, "access_log", False)),
+        batch_max_rows=int(getattr(settings, "batch_max_rows", 0)),
+        batch_wait_seconds=float(getattr(settings, "batch_wait_ms", 2.0)) / 1000,
     )
 
 
@@ -119,6 +124,11 @@ class App:
         self.config = config
         self.metrics = recorder if recorder is not None else metrics.Metrics().slot(0)
         self._api_key = config.api_key.encode() if config.api_key else None
+        self.batcher = Batcher(
+            config.batch_max_rows,
+            config.batch_wait_seconds,
+            getattr(self.metrics, "observe_batch", None),
+        )
         self._health = json_response(200, {"status": "ok"})
         self._parameters = json_response(
             200,
@@ -226,7 +236,7 @@ class App:
         _refuse_content_encoding(environ.get("HTTP_CONTENT_ENCODING"))
         body = self.read_body(environ)
         rows = codecs.read(body, environ.get("CONTENT_TYPE"), self.layout(bundle))
-        result = predict(bundle, rows.frame)
+        result = self.batcher.predict(bundle, rows.frame)
         if not rows.ids:
             result = result.drop(columns=[bundle.id_column])
         payload = codecs.encode(result, answer_type, header=rows.header)

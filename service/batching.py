@@ -1,0 +1,163 @@
+"""Adaptive batching: small requests that arrive while a prediction runs share the next call.
+
+A model call has a fixed cost per call (scikit-learn's input validation, building the
+answer's DataFrame) that a one-row request pays in full. `Batcher.predict` runs the
+first request of an idle batcher at once, so a request alone never waits; requests
+that arrive while a prediction is in flight queue up, and when it ends the oldest of
+them runs the queued frames that can share a call (same bundle, same columns and
+dtypes) as one, and hands each its own rows back. A queued request waits at most
+`wait_seconds` for its turn, then runs on its own. Nothing waits on the thread that
+receives requests: a request handled on waitress's event loop only waits for a
+prediction already running on another thread.
+
+A failed batch is retried one request at a time, so each request gets its own answer
+or its own error, never a neighbour's.
+"""
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+
+from service.artifacts import Bundle
+from service.model import predict as predict_frame
+
+Predict = Callable[[Bundle, pd.DataFrame], pd.DataFrame]
+
+
+class _Queued:
+    """One request waiting: its frame, and what the call that took it gave back."""
+
+    __slots__ = ("batch", "bundle", "done", "error", "frame", "key", "result")
+
+    def __init__(self, bundle: Bundle, frame: pd.DataFrame, key: tuple[Any, ...]) -> None:
+        self.bundle = bundle
+        self.frame = frame
+        self.key = key
+        self.done = threading.Event()
+        self.result: pd.DataFrame | None = None
+        self.error: BaseException | None = None
+        self.batch: list[_Queued] | None = None  # set when this request is to run a batch
+
+
+class Batcher:
+    """Gathers the small requests of one server process into shared prediction calls.
+
+    `max_rows` caps the rows of one call (0 turns batching off); a request with more
+    rows runs alone. `record(requests)` is told how many requests each call served.
+    """
+
+    def __init__(
+        self,
+        max_rows: int,
+        wait_seconds: float,
+        record: Callable[[int], None] | None = None,
+        predict: Predict = predict_frame,
+    ) -> None:
+        self.max_rows = max_rows
+        self.wait_seconds = wait_seconds
+        self.record = record or (lambda requests: None)
+        self._predict = predict
+        self._lock = threading.Lock()
+        self._busy = False
+        self._queue: list[_Queued] = []
+
+    def predict(self, bundle: Bundle, frame: pd.DataFrame) -> pd.DataFrame:
+        """`predict(bundle, frame)`, in a call shared with concurrent requests when it can."""
+        if len(frame) > self.max_rows or len(frame) == 0:
+            return self._alone(bundle, frame)
+        with self._lock:
+            leading = not self._busy
+            if leading:
+                self._busy = True
+            else:
+                entry = _Queued(bundle, frame, _key(bundle, frame))
+                self._queue.append(entry)
+        if leading:
+            try:
+                return self._alone(bundle, frame)
+            finally:
+                self._hand_over()
+        return self._await(entry)
+
+    def _alone(self, bundle: Bundle, frame: pd.DataFrame) -> pd.DataFrame:
+        self.record(1)
+        return self._predict(bundle, frame)
+
+    def _await(self, entry: _Queued) -> pd.DataFrame:
+        if not entry.done.wait(self.wait_seconds):
+            with self._lock:
+                gave_up = entry in self._queue
+                if gave_up:
+                    self._queue.remove(entry)
+            if gave_up:
+                return self._alone(entry.bundle, entry.frame)
+            entry.done.wait()
+        if entry.batch is not None:
+            try:
+                self._run(entry.batch)
+            finally:
+                self._hand_over()
+        if entry.error is not None:
+            raise entry.error
+        assert entry.result is not None
+        return entry.result
+
+    def _hand_over(self) -> None:
+        """The call in flight ended: the oldest queued request runs the next batch."""
+        with self._lock:
+            if not self._queue:
+                self._busy = False
+                return
+            batch = self._take()
+        batch[0].batch = batch
+        batch[0].done.set()
+
+    def _take(self) -> list[_Queued]:
+        """The oldest queued request and those after it that fit in its call (lock held)."""
+        first = self._queue[0]
+        batch, rest, rows = [first], [], len(first.frame)
+        for entry in self._queue[1:]:
+            if entry.key == first.key and rows + len(entry.frame) <= self.max_rows:
+                batch.append(entry)
+                rows += len(entry.frame)
+            else:
+                rest.append(entry)
+        self._queue = rest
+        return batch
+
+    def _run(self, batch: list[_Queued]) -> None:
+        """Predict the batch in one call and split the answer; one by one if that fails."""
+        if len(batch) > 1:
+            try:
+                self.record(len(batch))
+                frame = pd.concat([entry.frame for entry in batch], ignore_index=True)
+                result = self._predict(batch[0].bundle, frame)
+            except Exception:
+                result = None
+            if result is not None and len(result) == len(frame):
+                start = 0
+                for entry in batch:
+                    stop = start + len(entry.frame)
+                    entry.result = result.iloc[start:stop].reset_index(drop=True)
+                    start = stop
+                    _finish(entry)
+                return
+        for entry in batch:
+            try:
+                entry.result = self._alone(entry.bundle, entry.frame)
+            except Exception as exc:
+                entry.error = exc
+            _finish(entry)
+
+
+def _finish(entry: _Queued) -> None:
+    if entry.batch is None:
+        entry.done.set()
+
+
+def _key(bundle: Bundle, frame: pd.DataFrame) -> tuple[Any, ...]:
+    """Frames share a call only with the same bundle object (a hot reload makes a new
+    one), the same columns in the same order and the same dtypes."""
+    return (id(bundle), tuple(frame.columns), tuple(frame.dtypes))

@@ -1,0 +1,131 @@
+"""Adaptive batching through the real server (`python -m service serve`, waitress) under
+real concurrency: answers equal the one-by-one answers, batches form (the /metrics
+histogram says so), and a request whose rows fail gets its own 422 while its
+neighbours get their answers."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+
+from service.waitress_hooks import INLINE_MAX_BYTES
+from tests.endpoint_fixtures import EndpointServer, metric
+from tests.model_kinds import encode_rows, kind_rows, read_answer, write_kind_bundle
+
+JSON = "application/json"
+CLIENTS = 16
+ROUNDS = 20
+SECONDS = 30
+
+
+def padded(body: bytes) -> bytes:
+    """The same JSON with trailing whitespace past INLINE_MAX_BYTES, so the server hands
+    each request to its threads (small bodies may be served one at a time on its event
+    loop, where there is no neighbour to batch with)."""
+    return body + b" " * (INLINE_MAX_BYTES + 1 - len(body))
+
+
+def post(url: str, body: bytes) -> requests.Response:
+    headers = {"Content-Type": JSON, "Accept": JSON}
+    return requests.post(f"{url}/invocations", data=body, headers=headers, timeout=SECONDS)
+
+
+def batched_calls(url: str) -> tuple[float, float]:
+    text = requests.get(f"{url}/metrics", timeout=SECONDS).text
+    count = metric(text, "endpoint_batch_requests_count") or 0.0
+    return count, metric(text, "endpoint_batch_requests_sum") or 0.0
+
+
+def assert_same_answer(got: pd.DataFrame, want: pd.DataFrame) -> None:
+    """Ids and labels exact; probabilities to 1e-12 relative: BLAS sums one row (dot) in
+    another order than a matrix's rows (gemv), so bit equality cannot hold."""
+    assert list(got.columns) == list(want.columns)
+    for column in want.columns:
+        values, wanted = got[column].to_numpy(), want[column].to_numpy()
+        if wanted.dtype.kind == "f":
+            np.testing.assert_allclose(values, wanted, rtol=1e-12, atol=1e-15)
+        else:
+            assert np.array_equal(values, wanted), column
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory, bundle_dir: Path, train_example):
+    root = tmp_path_factory.mktemp("batching")
+    mixed = write_kind_bundle("mixed", root / "mixed")
+    return {
+        "four-artifact": (bundle_dir, train_example.sample_rows(CLIENTS * 2)),
+        "pipeline": (mixed, kind_rows("mixed", CLIENTS * 2)),
+    }
+
+
+@pytest.fixture(scope="module")
+def servers(bundles, tmp_path_factory):
+    started: dict[str, EndpointServer] = {}
+    try:
+        for name, (folder, _) in bundles.items():
+            log = tmp_path_factory.mktemp("logs") / f"{name}.log"
+            server = EndpointServer(
+                log, model_uri=folder, workers=1, threads=8, batch_max_rows=64, batch_wait_ms=1000
+            )
+            started[name] = server.start()
+        yield started
+    finally:
+        for server in started.values():
+            server.kill()
+
+
+def bodies(rows: pd.DataFrame) -> list[bytes]:
+    return [padded(encode_rows(rows.iloc[[i]], JSON)) for i in range(len(rows))]
+
+
+@pytest.mark.parametrize("name", ["four-artifact", "pipeline"])
+def test_concurrent_answers_equal_one_by_one_and_share_calls(servers, bundles, name):
+    url = servers[name].url
+    requests_ = bodies(bundles[name][1])
+    alone = []
+    for body in requests_:
+        response = post(url, body)
+        assert response.status_code == 200, response.text
+        alone.append(read_answer(response.content, JSON))
+    calls, served = batched_calls(url)
+    assert calls == served == len(requests_), "one by one, every call serves one request"
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        for _ in range(ROUNDS):
+            answers = list(pool.map(lambda body: post(url, body), requests_))
+            for response, want in zip(answers, alone, strict=True):
+                assert response.status_code == 200, response.text
+                assert_same_answer(read_answer(response.content, JSON), want)
+            calls, served = batched_calls(url)
+            if served > calls:
+                break
+    assert served > calls, f"{ROUNDS} rounds of {CLIENTS} clients never shared a call"
+
+
+def test_a_failing_request_fails_alone(servers, bundles):
+    url = servers["pipeline"].url
+    rows = bundles["pipeline"][1]
+    good = [body for body in bodies(rows) if b'"20' in body]
+    bad = [body.replace(b'"20', b'"not a date 20', 1) for body in good]
+    assert len(good) >= CLIENTS
+    wanted = [read_answer(post(url, body).content, JSON) for body in good]
+    mixed = [body for pair in zip(good, bad, strict=True) for body in pair]
+    calls_before, served_before = batched_calls(url)
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        answers = list(pool.map(lambda body: post(url, body), mixed * 3))
+    calls, served = batched_calls(url)
+    assert served - served_before > calls - calls_before, "no call was shared"
+    for index, response in enumerate(answers):
+        row = (index % len(mixed)) // 2
+        if index % 2:
+            assert response.status_code == 422, response.text
+            document = json.loads(response.content)
+            assert document["error"] == "invalid_data" and "signup" in document["message"]
+        else:
+            assert response.status_code == 200, response.text
+            assert_same_answer(read_answer(response.content, JSON), wanted[row])
