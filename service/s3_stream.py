@@ -65,7 +65,7 @@ class S3Input(io.RawIOBase):
         self._body: Any = None
         self._body_pos = 0
         self._failures = 0
-        self._fetched: deque[tuple[int, int, Future[bytes]]] = deque()
+        self._fetched: deque[tuple[int, int, Future[bytearray]]] = deque()
         self._pool: ThreadPoolExecutor | None = None
 
     def readable(self) -> bool:
@@ -93,7 +93,7 @@ class S3Input(io.RawIOBase):
         buffer[: len(data)] = data
         return len(data)
 
-    def read(self, size: int | None = -1) -> bytes:
+    def read(self, size: int | None = -1) -> Any:
         """`size` bytes from the position (fewer only at the end): from the kept head, a
         range fetched ahead, the open stream (reopened where the position moved), or a
         ranged GET."""
@@ -101,7 +101,7 @@ class S3Input(io.RawIOBase):
             raise batch.Aborted("stopped during the download")
         if size is None or size < 0:
             size = max(0, self.size() - self._pos)
-        pieces: list[bytes] = []
+        pieces: list[Any] = []
         while size > 0:
             piece = self._kept(size) or self._prefetched(size)
             if not piece:
@@ -111,7 +111,7 @@ class S3Input(io.RawIOBase):
             pieces.append(piece)
             self._pos += len(piece)
             size -= len(piece)
-        return b"".join(pieces)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def readall(self) -> bytes:
         return self.read(-1)
@@ -139,13 +139,13 @@ class S3Input(io.RawIOBase):
 
     def _ranged(self, size: int) -> bytes:
         end = min(self._pos + size, self.size())
-        return self._fetch(self._pos, end) if end > self._pos else b""
+        return bytes(self._fetch(self._pos, end)) if end > self._pos else b""
 
-    def _prefetched(self, size: int) -> bytes:
+    def _prefetched(self, size: int) -> Any:
         for start, end, future in self._fetched:
             if start <= self._pos and self._pos + size <= end:
                 offset = self._pos - start
-                return future.result()[offset : offset + size]
+                return memoryview(future.result())[offset : offset + size]  # no copy
         return b""
 
     def _streamed(self, size: int) -> bytes:
@@ -184,9 +184,9 @@ class S3Input(io.RawIOBase):
             raise IncompleteReadError(actual_bytes=self._pos, expected_bytes=self.size())
         log_event(logging.WARNING, "download_resumed", key=self.key, error=problem)
 
-    def _fetch(self, start: int, end: int) -> bytes:
-        """Bytes [start, end) with one ranged GET (resumed on a break)."""
-        chunks: list[bytes] = []
+    def _fetch(self, start: int, end: int) -> bytearray:
+        """Bytes [start, end) with one ranged GET (resumed on a break), into one buffer."""
+        data = bytearray(end - start)
         done, failures = start, 0
         while done < end:
             span = {"Range": f"bytes={done}-{end - 1}"}
@@ -194,7 +194,7 @@ class S3Input(io.RawIOBase):
             try:
                 with contextlib.closing(response["Body"]) as body:
                     while done < end and (chunk := body.read(min(MB, end - done))):
-                        chunks.append(chunk)
+                        data[done - start : done - start + len(chunk)] = chunk
                         done += len(chunk)
             except STREAM_ERRORS as exc:
                 failures += 1
@@ -204,7 +204,7 @@ class S3Input(io.RawIOBase):
             else:
                 if done < end:
                     raise IncompleteReadError(actual_bytes=done - start, expected_bytes=end - start)
-        return b"".join(chunks)
+        return data
 
     def _close_body(self) -> None:
         if self._body is not None:
