@@ -68,15 +68,16 @@ def _binary(source: Source) -> Iterator[IO[bytes]]:
 
 
 def _check_content(source: Source, fmt: FileFormat) -> None:
-    """A file whose bytes are not what its name says: say so, and how to name it."""
+    """A file whose bytes are not what its name says: say so, and how to name it. A parquet
+    file's footer is read first (a remote reader has it already); the head only if need be."""
     with _binary(source) as handle:
+        if fmt.name == "parquet" and not fmt.gzip and _tail(handle) == PARQUET_MAGIC:
+            return
+        handle.seek(0)
         head = handle.read(4)
         if not head:
             return
-        tail = head
-        if head.startswith(PARQUET_MAGIC):
-            handle.seek(-min(4, len(head)), os.SEEK_END)
-            tail = handle.read(4)
+        tail = _tail(handle) if head.startswith(PARQUET_MAGIC) else head
     gzipped = head.startswith(GZIP_MAGIC)
     if fmt.gzip and not gzipped:
         raise MalformedBody(
@@ -87,6 +88,12 @@ def _check_content(source: Source, fmt: FileFormat) -> None:
         raise MalformedBody(f"the file is gzip-compressed: name it *.{fmt.name}.gz")
     if _is_parquet(head, tail) and fmt.name != "parquet":
         raise MalformedBody(f"the file is a parquet file, not {fmt.name}: name it *.parquet")
+
+
+def _tail(handle: IO[bytes]) -> bytes:
+    size = handle.seek(0, os.SEEK_END)
+    handle.seek(max(0, size - 4))
+    return bytes(handle.read(4))
 
 
 def _parquet_batches(

@@ -30,7 +30,8 @@ from service.worker_logs import log_event
 
 MB = 1024 * 1024
 HEAD_BYTES = MB  # the first bytes of an input, kept for the format checks and header peeks
-PREFETCHED = 2  # byte ranges kept fetched ahead (this row group and the next)
+TAIL_BYTES = 64 * 1024  # the last bytes of a parquet input: its footer, in most files
+PREFETCHED = 3  # byte ranges kept: the tail, this row group and the next
 STREAM_ATTEMPTS = 5
 STREAM_ERRORS = (
     ResponseStreamingError,
@@ -67,6 +68,7 @@ class S3Input(io.RawIOBase):
         self._failures = 0
         self._fetched: deque[tuple[int, int, Future[bytearray]]] = deque()
         self._pool: ThreadPoolExecutor | None = None
+        self._forward = _ForwardStream(self)
 
     def readable(self) -> bool:
         return True
@@ -83,10 +85,31 @@ class S3Input(io.RawIOBase):
         return self._pos
 
     def size(self) -> int:
-        if self._size is None:
+        """The object's size; in random mode its last TAIL_BYTES come with it (one GET that
+        also serves the reader's footer read)."""
+        if self._size is None and self.sequential:
             head = self._call(self.s3.head_object, **self._request)
             self._size = head["ContentLength"]
+        elif self._size is None:
+            self._read_tail()
+        assert self._size is not None
         return self._size
+
+    def _read_tail(self) -> None:
+        try:
+            response = self._call(self.s3.get_object, **self._request, Range=f"bytes=-{TAIL_BYTES}")
+        except ClientError as exc:
+            if batch.error_code(exc) != "InvalidRange":
+                raise
+            self._size = 0  # S3 refuses any range of an empty object
+            return
+        with contextlib.closing(response["Body"]) as body:
+            tail = body.read()
+        total = response.get("ContentRange", "").rpartition("/")[2]
+        self._size = int(total) if total.isdigit() else len(tail)
+        done: Future[bytearray] = Future()
+        done.set_result(bytearray(tail))
+        self._fetched.append((self._size - len(tail), self._size, done))
 
     def readinto(self, buffer: Any) -> int:
         data = self.read(len(buffer))
@@ -122,7 +145,7 @@ class S3Input(io.RawIOBase):
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="s3-prefetch")
-        self._fetched.append((start, end, self._pool.submit(self._fetch, start, end)))
+        self._fetched.append((start, end, self._pool.submit(self._forward.span, start, end)))
         while len(self._fetched) > PREFETCHED:
             self._fetched.popleft()[2].cancel()
 
@@ -131,6 +154,7 @@ class S3Input(io.RawIOBase):
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        self._forward.close()
         self._fetched.clear()
         super().close()
 
@@ -189,8 +213,7 @@ class S3Input(io.RawIOBase):
         data = bytearray(end - start)
         done, failures = start, 0
         while done < end:
-            span = {"Range": f"bytes={done}-{end - 1}"}
-            response = self._call(self.s3.get_object, **self._request, **span)
+            response = self.get(done, end)
             try:
                 with contextlib.closing(response["Body"]) as body:
                     while done < end and (chunk := body.read(min(MB, end - done))):
@@ -212,9 +235,66 @@ class S3Input(io.RawIOBase):
                 self._body.close()
             self._body = None
 
+    def get(self, offset: int, end: int | None = None) -> dict[str, Any]:
+        """A GET of the announced version from `offset` (to `end`, exclusive, if given)."""
+        last = "" if end is None else end - 1
+        return self._call(self.s3.get_object, **self._request, Range=f"bytes={offset}-{last}")
+
     @staticmethod
     def _call(method: Any, **request: Any) -> dict[str, Any]:
         try:
             return method(**request)
         except ClientError as exc:
             raise batch.input_error(exc) from exc
+
+
+class _ForwardStream:
+    """Row groups fetched in file order through one open-ended ranged GET: each later span
+    continues the same stream (skipping any gap) instead of a new request. A span before the
+    stream's position, or a broken stream, opens a new one there."""
+
+    def __init__(self, source: S3Input) -> None:
+        self.source = source
+        self.body: Any = None
+        self.pos = 0
+
+    def span(self, start: int, end: int) -> bytearray:
+        data = bytearray(end - start)
+        at, failures = start, 0
+        while at < end:
+            try:
+                self._advance(at)
+                chunk = self.body.read(min(MB, end - at))
+            except STREAM_ERRORS as exc:
+                failures += 1
+                if failures >= STREAM_ATTEMPTS:
+                    raise
+                log_event(logging.WARNING, "download_resumed", key=self.source.key, error=str(exc))
+                self.close()
+                continue
+            if not chunk:
+                raise IncompleteReadError(actual_bytes=at - start, expected_bytes=end - start)
+            data[at - start : at - start + len(chunk)] = chunk
+            at += len(chunk)
+            self.pos = at
+        return data
+
+    def _advance(self, start: int) -> None:
+        if self.body is None or self.pos > start:
+            self._reopen(start)
+        while self.pos < start:
+            skipped = self.body.read(min(MB, start - self.pos))
+            if not skipped:
+                raise IncompleteReadError(actual_bytes=self.pos, expected_bytes=start)
+            self.pos += len(skipped)
+
+    def _reopen(self, offset: int) -> None:
+        self.close()
+        self.body = self.source.get(offset)["Body"]
+        self.pos = offset
+
+    def close(self) -> None:
+        if self.body is not None:
+            with contextlib.suppress(Exception):
+                self.body.close()
+            self.body = None

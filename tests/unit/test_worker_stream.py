@@ -20,6 +20,7 @@ from service.files import FileFormat, iter_batches
 from service.s3_stream import S3Input
 from service.s3_upload import PART_BYTES
 from service.worker_s3 import WorkerS3
+from tests.unit.test_worker_loop import BrokenBody
 
 BUCKET = "stream-bucket"
 
@@ -67,9 +68,31 @@ def test_parquet_is_read_by_row_group_with_conditional_ranged_gets(s3, monkeypat
         read = pd.concat(list(iter_batches(source, FileFormat("parquet"), 4_000, ("x",))))
     pd.testing.assert_frame_equal(read.reset_index(drop=True), rows)
     assert all(call["IfMatch"] == f'"{etag}"' for call in calls)
-    assert all(call["Range"].startswith("bytes=") for call in calls)
-    # magic, tail magic, footer, then one GET per row group (5), each fetched ahead
-    assert len(calls) == 3 + 5, [call["Range"] for call in calls]
+    # the footer (with the size), then one stream from the first row group (after the
+    # 4-byte magic) that each next row group continues
+    assert [call["Range"] for call in calls] == ["bytes=-65536", "bytes=4-"]
+
+
+def test_a_broken_row_group_stream_resumes_where_it_broke(s3, monkeypatch):
+    rows = frame(50_000)
+    buffer = io.BytesIO()
+    rows.to_parquet(buffer, index=False, row_group_size=10_000)
+    etag = put(s3, "in.parquet", buffer.getvalue())
+    calls = recorded_gets(s3, monkeypatch)
+    recorded = s3.get_object
+
+    def breaking(**kwargs: Any) -> dict[str, Any]:
+        response = recorded(**kwargs)
+        if len(calls) == 2:
+            response["Body"] = BrokenBody(response["Body"], after=100_000)
+        return response
+
+    monkeypatch.setattr(s3, "get_object", breaking)
+    with S3Input(s3, BUCKET, "in.parquet", etag, threading.Event(), sequential=False) as source:
+        read = pd.concat(list(iter_batches(source, FileFormat("parquet"), 4_000, ("x",))))
+    pd.testing.assert_frame_equal(read.reset_index(drop=True), rows)
+    assert [call["Range"] for call in calls] == ["bytes=-65536", "bytes=4-", "bytes=100004-"]
+    assert {call["IfMatch"] for call in calls} == {f'"{etag}"'}
 
 
 @pytest.mark.parametrize("name", ["in.csv", "in.csv.gz", "in.jsonl", "in.jsonl.gz"])
