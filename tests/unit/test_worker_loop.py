@@ -131,10 +131,12 @@ def events(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, Any]]]:
 
     logger = logging.getLogger("service.worker")
     collector = Collect()
-    monkeypatch.setattr(logger, "level", logging.INFO)
+    previous = logger.level
+    logger.setLevel(logging.INFO)  # setLevel, not the attribute: it clears the level cache
     logger.addHandler(collector)
     yield seen
     logger.removeHandler(collector)
+    logger.setLevel(previous)
 
 
 def test_run_processes_a_file_and_exits_when_idle(moto_env, sample_frame, bundle, events):
