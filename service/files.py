@@ -74,7 +74,7 @@ def _check_content(source: Source, fmt: FileFormat) -> None:
         if fmt.name == "parquet" and not fmt.gzip and _tail(handle) == PARQUET_MAGIC:
             return
         handle.seek(0)
-        head = handle.read(4)
+        head = bytes(handle.read(4))
         if not head:
             return
         tail = _tail(handle) if head.startswith(PARQUET_MAGIC) else head

@@ -16,6 +16,7 @@ import pytest
 from moto import mock_aws
 
 from service import batch
+from service.errors import MalformedBody
 from service.files import FileFormat, iter_batches
 from service.s3_stream import S3Input
 from service.s3_upload import PART_BYTES
@@ -110,6 +111,18 @@ def test_text_formats_decode_as_one_stream(s3, monkeypatch, name):
     assert read["id"].tolist() == rows["id"].tolist()
     assert np.allclose(read["x"], rows["x"])
     assert [call.get("Range") for call in calls] == [None], "one GET, its head kept for peeks"
+
+
+def test_a_small_truncated_parquet_file_is_named_unreadable(s3):
+    buffer = io.BytesIO()
+    frame(20).to_parquet(buffer, index=False)
+    whole = buffer.getvalue()
+    etag = put(s3, "cut.parquet", whole[: len(whole) // 2])
+    with (
+        S3Input(s3, BUCKET, "cut.parquet", etag, threading.Event(), sequential=False) as source,
+        pytest.raises(MalformedBody, match="not a readable parquet file"),
+    ):
+        list(iter_batches(source, FileFormat("parquet"), 5))
 
 
 def test_an_input_replaced_while_read_fails_its_condition(s3):
