@@ -45,13 +45,13 @@ def _load_training_script(repo_root: Path) -> ModuleType:
     return module
 
 
-def run_demo(settings: LocalCloudSettings, out: IO[str] | None = None) -> int:
+def run_demo(settings: LocalCloudSettings, out: IO[str] | None = None, fresh: bool = False) -> int:
     """0 when the batch and the endpoint agree on every row, 1 otherwise."""
     out = out or sys.stdout
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     log_path = settings.state_dir / "demo.log"
     with log_path.open("w", encoding="utf-8") as log:
-        cloud = LocalCloud(settings, Console(stream=log, color=False))
+        cloud = LocalCloud(settings, Console(stream=log, color=False), fresh=fresh)
         signal.signal(signal.SIGTERM, _interrupt)
         print(f"starting the local cloud (log: {log_path})", file=out)
         try:
