@@ -19,6 +19,7 @@ from localcloud.deploy import (
     apply_dropped,
     deploy,
     dropped_calls,
+    ensure_example_model,
     stack_context,
 )
 from localcloud.ecs_agent import CommandFor, EcsAgent, service_command
@@ -118,6 +119,10 @@ class LocalCloud:
             self.console.line(NAME, f"re-applying the stack's S3 settings failed: {exc}")
         if outputs.get("FunctionName"):
             self.lambdas.retire(outputs["FunctionName"])
+        try:
+            ensure_example_model(self.session.client("s3"), stack, self.example, self.console)
+        except Exception as exc:
+            self.console.line(NAME, f"uploading the example model failed: {exc}")
         if status == "UPDATE_COMPLETE":
             self.store.save_stack(stack.name, stack.kept_parameters())
             if previous is None or previous.name == stack.name:

@@ -46,6 +46,7 @@ from infra.package import lambda_zip  # noqa: E402 - the repository root is on t
 from infra.template import TemplateError  # noqa: E402
 from infra.template import load_template as project_load_template  # noqa: E402
 from localcloud.waiting import wait_until  # noqa: E402
+from service.batch_contract import report_key  # noqa: E402
 
 DEFAULT_TEMPLATE = REPO_ROOT / "infra" / "stack.yaml"
 DEFAULT_REPOSITORY = "model-endpoint"
@@ -233,11 +234,6 @@ def failed_events(events: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]
 def is_terminal(status: str) -> bool:
     """Whether a stack status is final (CloudFormation does nothing more on its own)."""
     return not status.endswith("_IN_PROGRESS")
-
-
-def report_key(output_prefix: str, input_key: str) -> str:
-    """Where the worker writes its report for an input object (the worker's contract)."""
-    return f"{output_prefix.strip('/')}/_reports/{input_key}.json"
 
 
 def registry_login(token: str, endpoint: str) -> tuple[str, str, str]:
