@@ -17,6 +17,7 @@ from localcloud.deploy import DeployedStack, DeployError
 from localcloud.procs import DUMMY_KEY
 from localcloud.server import ServerStartError
 from localcloud.settings import LOOPBACK, LocalCloudSettings
+from localcloud.waiting import wait_until
 
 NAME = "localcloud"
 READY = "ready"
@@ -217,9 +218,13 @@ def _announce(
 
 def _wait_endpoint(cloud: LocalCloud, stop: threading.Event) -> bool:
     """Wait for /ping, giving up early when asked to stop."""
-    waited = 0.0
-    while waited < ENDPOINT_WAIT_SECONDS and not stop.is_set():
-        if cloud.wait_endpoint(1.0):
-            return True
-        waited += 1.0
-    return False
+    try:
+        wait_until(
+            lambda: stop.is_set() or cloud.endpoint_healthy(),
+            ENDPOINT_WAIT_SECONDS,
+            "the endpoint",
+            interval=0.5,
+        )
+    except TimeoutError:
+        return False
+    return not stop.is_set()

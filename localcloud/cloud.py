@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -30,6 +29,7 @@ from localcloud.scheduler import Scheduler
 from localcloud.server import MotoServer, ServerStartError
 from localcloud.settings import LOOPBACK, LocalCloudSettings
 from localcloud.state import StateStore
+from localcloud.waiting import wait_until
 
 ENDPOINT_OUTPUT = "EndpointUrl"
 NAME = "localcloud"
@@ -139,21 +139,23 @@ class LocalCloud:
             )
             self.console.line(NAME, f"stack {stack.name} update failed, {status}: {reason}")
 
-    def wait_endpoint(self, timeout: float) -> bool:
-        """True once the stack's endpoint answers ``/ping`` with 200."""
+    def endpoint_healthy(self) -> bool:
+        """Whether the stack's endpoint answers ``/ping`` with 200 now."""
         url = (self.stack.outputs.get(ENDPOINT_OUTPUT) if self.stack else None) or ""
         if not url.startswith("http://127.0.0.1"):
             return False
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:  # noqa: S310  # nosec B310
-                    if response.status == 200:
-                        return True
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.5)
-        return False
+        try:
+            with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:  # noqa: S310  # nosec B310
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def wait_endpoint(self, timeout: float) -> bool:
+        """True once the stack's endpoint answers ``/ping`` with 200."""
+        try:
+            return wait_until(self.endpoint_healthy, timeout, "the endpoint's /ping", 0.5)
+        except TimeoutError:
+            return False
 
     def _check_endpoint_port(self) -> None:
         """Refuse to start when another server holds the endpoint's port: the service would

@@ -11,7 +11,6 @@ import importlib.util
 import json
 import signal
 import sys
-import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +24,7 @@ from localcloud.cloud import LocalCloud
 from localcloud.console import Console
 from localcloud.deploy import DeployedStack
 from localcloud.settings import LocalCloudSettings
+from localcloud.waiting import wait_until
 from service.batch import OUTPUT_CONTENT_TYPES, REPORT_SUFFIX, REPORTS_FOLDER, SUCCEEDED
 from service.codecs import JSON, PARQUET, decode, encode_parquet
 from service.files import file_format
@@ -102,17 +102,21 @@ def _wait_for_report(
         lambda: _queue_touched(cloud, outputs["JobQueueUrl"]),
         lambda: _worker_running(cloud, outputs["ClusterName"]),
     ]
-    deadline = time.monotonic() + WAIT_SECONDS
     with _Progress(out) as progress:
-        while time.monotonic() < deadline:
+
+        def report() -> dict[str, Any] | None:
             key = _find_key(s3, outputs["OutputBucketName"], report_suffix)
-            if key is not None:
-                progress.reach(len(STAGES))
-                document = s3.get_object(Bucket=outputs["OutputBucketName"], Key=key)
-                return json.loads(document["Body"].read())
-            progress.reach(1 + sum(1 for check in checks if check()))
-            time.sleep(0.5)
-    return None
+            if key is None:
+                progress.reach(1 + sum(1 for check in checks if check()))
+                return None
+            progress.reach(len(STAGES))
+            document = s3.get_object(Bucket=outputs["OutputBucketName"], Key=key)
+            return json.loads(document["Body"].read())
+
+        try:
+            return wait_until(report, WAIT_SECONDS, "the predictions", interval=0.5)
+        except TimeoutError:
+            return None
 
 
 class _Progress:
