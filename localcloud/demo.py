@@ -13,6 +13,7 @@ import signal
 import sys
 import urllib.request
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import IO, Any
@@ -25,11 +26,13 @@ from localcloud.console import Console
 from localcloud.deploy import DeployedStack
 from localcloud.settings import LocalCloudSettings
 from localcloud.waiting import wait_until
-from service.batch import OUTPUT_CONTENT_TYPES, REPORT_SUFFIX, REPORTS_FOLDER, SUCCEEDED
+from service.batch import OUTPUT_CONTENT_TYPES, SUCCEEDED
+from service.batch_contract import report_key
 from service.codecs import JSON, PARQUET, decode, encode_parquet
 from service.files import file_format
 
-DEMO_KEY = "demo/sample.parquet"
+# One key per run: the kept state may hold an earlier run's report.
+DEMO_KEY = "demo/sample-{time:%Y%m%dT%H%M%S}.parquet"
 SAMPLE_ROWS = 100
 WAIT_SECONDS = 300.0
 IDENTICAL = 1e-9
@@ -78,9 +81,10 @@ def _demo(cloud: LocalCloud, stack: DeployedStack, out: IO[str]) -> int:
     rows = _load_training_script(cloud.settings.repo_root).sample_rows(SAMPLE_ROWS)
     body = encode_parquet(rows)
     s3 = cloud.session.client("s3")
-    s3.put_object(Bucket=outputs["InputBucketName"], Key=DEMO_KEY, Body=body)
-    print(f"uploaded {len(rows)} rows to s3://{outputs['InputBucketName']}/{DEMO_KEY}", file=out)
-    report = _wait_for_report(cloud, outputs, out)
+    key = DEMO_KEY.format(time=datetime.now(UTC))
+    s3.put_object(Bucket=outputs["InputBucketName"], Key=key, Body=body)
+    print(f"uploaded {len(rows)} rows to s3://{outputs['InputBucketName']}/{key}", file=out)
+    report = _wait_for_report(cloud, outputs, key, out)
     if report is None:
         print(f"no predictions after {WAIT_SECONDS:.0f} s; see the log", file=out)
         return 1
@@ -93,11 +97,12 @@ def _demo(cloud: LocalCloud, stack: DeployedStack, out: IO[str]) -> int:
 
 
 def _wait_for_report(
-    cloud: LocalCloud, outputs: dict[str, str], out: IO[str]
+    cloud: LocalCloud, outputs: dict[str, str], key: str, out: IO[str]
 ) -> dict[str, Any] | None:
     """Follow the file through the pipeline; the report marks the end."""
     s3 = cloud.session.client("s3")
-    report_suffix = f"{REPORTS_FOLDER}/{DEMO_KEY}{REPORT_SUFFIX}"
+    prefix = (cloud.stack.parameters if cloud.stack else {}).get("OutputPrefix") or "predictions"
+    where = report_key(prefix, key)
     checks: list[Callable[[], bool]] = [
         lambda: _queue_touched(cloud, outputs["JobQueueUrl"]),
         lambda: _worker_running(cloud, outputs["ClusterName"]),
@@ -105,12 +110,12 @@ def _wait_for_report(
     with _Progress(out) as progress:
 
         def report() -> dict[str, Any] | None:
-            key = _find_key(s3, outputs["OutputBucketName"], report_suffix)
-            if key is None:
+            try:
+                document = s3.get_object(Bucket=outputs["OutputBucketName"], Key=where)
+            except s3.exceptions.NoSuchKey:
                 progress.reach(1 + sum(1 for check in checks if check()))
                 return None
             progress.reach(len(STAGES))
-            document = s3.get_object(Bucket=outputs["OutputBucketName"], Key=key)
             return json.loads(document["Body"].read())
 
         try:
@@ -162,14 +167,6 @@ def _worker_running(cloud: LocalCloud, cluster: str) -> bool:
     ecs = cloud.session.client("ecs")
     tasks = ecs.list_tasks(cluster=cluster, startedBy="batch-worker", desiredStatus="RUNNING")
     return bool(tasks["taskArns"])
-
-
-def _find_key(s3: Any, bucket: str, suffix: str) -> str | None:
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-        for item in page.get("Contents", []):
-            if item["Key"].endswith(suffix):
-                return item["Key"]
-    return None
 
 
 def _read_output(s3: Any, report: dict[str, Any]) -> pd.DataFrame:
