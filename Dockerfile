@@ -4,7 +4,7 @@
 #
 # BASE_IMAGE exists for machines without a reachable registry or behind a TLS proxy: the
 # container tests build FROM a local image that carries pip's CA bundle (see
-# scripts/docker_engine.sh). Ordinary builds leave it alone.
+# .ci/docker_engine.sh). Ordinary builds leave it alone.
 ARG BASE_IMAGE=python:3.11-slim
 
 FROM ${BASE_IMAGE} AS base

@@ -36,11 +36,14 @@ import psutil
 
 from bench import datagen
 from bench.cloud import REPO_ROOT, STACK_NAME, Cloud, wait_object
+from bench.cpu import MachineCpu
 from bench.stats import DATA_DIR, Recorder
 from localcloud.waiting import wait_until
 
 PARTS = ("throughput", "latency", "memory", "scaling")
 SCALING_FILES = 40
+SLOW_PART_ROUNDS = 3
+QUIET_NEIGHBOUR_CORES = 0.25  # a round is quiet when other tenants used less on both sides
 SCALING_IDLE_SECONDS = 5  # each round starts after the workers idled out
 MAIN_PARAMETERS = {"MaxWorkers": "2", "FilesPerWorker": "5", "IdleSeconds": "600"}
 OUTPUT_SECONDS = 900
@@ -48,10 +51,13 @@ TIME = "/usr/bin/time"
 TIME_MARKER = "BENCH_MAXRSS_KIB="
 
 
-def run(parts: list[str], rounds: int = 5) -> Recorder:
+def run(parts: list[str], rounds: int = 7) -> Recorder:
+    """`rounds` for throughput and latency; memory and scaling (long, steadier) take 3."""
     recorder = Recorder("batch")
     recorder.notes["rounds"] = rounds
-    files = {name: datagen.dataset(name) for name in ("1k", "500k", "1m", "10m")}
+    needed = {"throughput": ("1k", "1m"), "latency": ("1k",), "memory": ("1m", "10m")}
+    needed["scaling"] = ("500k",)
+    files = {name: datagen.dataset(name) for part in parts for name in needed[part]}
     recorder.notes["files_mb"] = {n: round(p.stat().st_size / 1e6, 1) for n, p in files.items()}
     work = Path(tempfile.mkdtemp(prefix="bench-batch-", dir=DATA_DIR))
     try:
@@ -64,11 +70,11 @@ def run(parts: list[str], rounds: int = 5) -> Recorder:
                 if "latency" in parts:
                     latency(cloud, files["1k"], max(rounds, 5), recorder)
                 if "memory" in parts:
-                    memory(cloud, files, max(3, rounds - 2), recorder, work)
+                    memory(cloud, files, SLOW_PART_ROUNDS, recorder, work)
             finally:
                 cloud.stop()
         if "scaling" in parts:
-            scaling(files["500k"], max(3, rounds - 2), recorder, work)
+            scaling(files["500k"], SLOW_PART_ROUNDS, recorder, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return recorder
@@ -171,59 +177,139 @@ def throughput(
 ) -> None:
     model = (bundle.name, bundle.version)
     rows = datagen_rows(source)
+    recorder.notes["throughput_input"] = local_s3_storage(source)
     upload_and_wait(cloud, datagen.dataset("1k"), "warmup/first.parquet", model)
     cloud.wait_workers(1)
     target = work / "limit-output.parquet"
     for number in range(rounds):
-        print(f"throughput round {number + 1}/{rounds}", flush=True)
         order = ("limit", "ours") if number % 2 == 0 else ("ours", "limit")
-        figures = {}
+        figures: dict[str, float] = {}
         for which in order:
             if which == "limit":
-                started = time.monotonic()
-                done = transform_locally(source, target, bundle)
-                seconds = time.monotonic() - started
+                with MachineCpu() as machine:
+                    started = time.monotonic()
+                    done = transform_locally(source, target, bundle)
+                    seconds = time.monotonic() - started
                 assert done == rows
                 figures["limit"] = rows / seconds
                 recorder.add("1M rows: limit (in-process, local disk)", "rows/s", rows / seconds)
+                record_machine(recorder, "limit", machine, seconds, machine.client, figures)
             else:
                 key = f"throughput/r{number}-1m.parquet"
-                timing = upload_and_wait(cloud, source, key, model, poll=0.05)
-                figures["ours"] = rows / timing["seconds"]
-                figures["ours after upload"] = rows / timing["after_upload_seconds"]
-                recorder.add("1M rows: ours, upload to output", "rows/s", figures["ours"])
-                recorder.add(
-                    "1M rows: ours, input in S3 to output", "rows/s", figures["ours after upload"]
-                )
-                recorder.add(
-                    "1M rows: ours, input in S3 to output time", "s", timing["after_upload_seconds"]
-                )
-                recorder.add("1M rows: ours, upload to output time", "s", timing["seconds"])
-                recorder.add("1M rows: ours, of which the upload", "s", timing["upload_seconds"])
+                root = psutil.Process(cloud.process.pid)
+                with CpuSampler(root) as sampler, MachineCpu() as machine:
+                    timing = upload_and_wait(cloud, source, key, model, poll=0.05)
+                record_ours(recorder, figures, rows, timing)
                 phases = worker_phases(cloud, key)
                 for phase, value in phases.items():
                     recorder.add(f"1M rows: worker {phase}", "s", value)
                 figures.update({f"worker {k}": v for k, v in phases.items()})
-            print(f"  {which}: {figures[which]:,.0f} rows/s", flush=True)
-        recorder.add("ratio 1M rows/s ours / limit", "x", figures["ours"] / figures["limit"])
+                own = machine.client + sum(sampler.totals().values())
+                record_machine(recorder, "ours", machine, timing["seconds"], own, figures)
+        record_throughput_ratios(recorder, figures, rows)
+        print_round(number, rounds, figures)
+
+
+def local_s3_storage(source: Path) -> dict[str, Any]:
+    """Where the local S3 keeps the input: moto holds an object in a SpooledTemporaryFile of
+    MOTO_S3_DEFAULT_KEY_BUFFER_SIZE bytes (5 MiB - 1 KiB) and spills a bigger one to a file
+    under the temporary folder, so every GET of it reads that file (page cache or disk)."""
+    import os
+
+    from moto import settings
+
+    buffer = settings.get_s3_default_key_buffer_size()
+    size = source.stat().st_size
+    return {
+        "bytes": size,
+        "moto_key_buffer_bytes": buffer,
+        "spilled_to_disk": size > buffer,
+        "moto_temporary_folder": os.environ.get("TMPDIR", tempfile.gettempdir()),
+    }
+
+
+def record_ours(recorder: Recorder, figures: dict[str, float], rows: int, timing: dict) -> None:
+    figures["ours"] = rows / timing["seconds"]
+    figures["ours after upload"] = rows / timing["after_upload_seconds"]
+    recorder.add("1M rows: ours, upload to output", "rows/s", figures["ours"])
+    recorder.add("1M rows: ours, input in S3 to output", "rows/s", figures["ours after upload"])
+    recorder.add("1M rows: ours, input in S3 to output time", "s", timing["after_upload_seconds"])
+    recorder.add("1M rows: ours, upload to output time", "s", timing["seconds"])
+    recorder.add("1M rows: ours, of which the upload", "s", timing["upload_seconds"])
+
+
+def record_machine(
+    recorder: Recorder,
+    which: str,
+    machine: MachineCpu,
+    seconds: float,
+    own: float,
+    figures: dict[str, float],
+) -> None:
+    """The machine while one side ran: busy and stolen cores, the cores that neither the
+    benchmark nor its local cloud used (the neighbours), I/O wait and disk traffic."""
+    values = {
+        "machine busy cores": machine.busy / seconds,
+        "stolen cores": machine.steal / seconds,
+        "neighbour cores": (machine.busy - own) / seconds,
+        "I/O wait cores": machine.iowait / seconds,
+        "disk read MB": machine.read_bytes / 1e6,
+        "disk written MB": machine.written_bytes / 1e6,
+        "dirty page cache at the end MB": machine.dirty_bytes / 1e6,
+        "memory available at the end MB": machine.available_bytes / 1e6,
+    }
+    for name, value in values.items():
+        unit = "MB" if name.endswith("MB") else "cores"
+        recorder.add(f"1M rows: {which}: {name.removesuffix(' MB')}", unit, value)
+        figures[f"{which} {name}"] = value
+
+
+def record_throughput_ratios(recorder: Recorder, figures: dict[str, float], rows: int) -> None:
+    """The round's ratios; again under "quiet rounds" when other tenants left both sides alone."""
+    neighbours = max(figures["limit neighbour cores"], figures["ours neighbour cores"])
+    figures["neighbour cores"] = neighbours
+    recorder.add("1M rows: neighbour cores, the busier side", "cores", neighbours)
+    for prefix in ("", "quiet rounds: ") if neighbours < QUIET_NEIGHBOUR_CORES else ("",):
         recorder.add(
-            "ratio 1M rows/s ours from input in S3 / limit",
+            f"{prefix}ratio 1M rows/s ours / limit", "x", figures["ours"] / figures["limit"]
+        )
+        recorder.add(
+            f"{prefix}ratio 1M rows/s ours from input in S3 / limit",
             "x",
             figures["ours after upload"] / figures["limit"],
         )
-        recorder.add("1M rows: limit time", "s", rows / figures["limit"])
-        if "worker total" in figures:
-            limit_seconds = rows / figures["limit"]
-            recorder.add(
-                "ratio 1M limit time / worker's own time (download+predict+upload)",
-                "x",
-                limit_seconds / figures["worker total"],
-            )
-            recorder.add(
-                "ratio 1M limit time / worker's predict phase",
-                "x",
-                limit_seconds / figures["worker predict"],
-            )
+    recorder.add("1M rows: limit time", "s", rows / figures["limit"])
+    if "worker total" in figures:
+        limit_seconds = rows / figures["limit"]
+        recorder.add(
+            "ratio 1M limit time / worker's own time (download+predict+upload)",
+            "x",
+            limit_seconds / figures["worker total"],
+        )
+        recorder.add(
+            "ratio 1M limit time / worker's predict phase",
+            "x",
+            limit_seconds / figures["worker predict"],
+        )
+
+
+def print_round(number: int, rounds: int, figures: dict[str, float]) -> None:
+    """One line per round: the spread of the medians is read from these."""
+    quiet = figures["neighbour cores"] < QUIET_NEIGHBOUR_CORES
+    print(
+        f"throughput round {number + 1}/{rounds}: limit {figures['limit']:,.0f} rows/s, "
+        f"from input in S3 {figures['ours after upload'] / figures['limit']:.2f}x, "
+        f"worker download {figures.get('worker download', float('nan')):.3f} s "
+        f"predict {figures.get('worker predict', float('nan')):.3f} s; "
+        f"neighbours {figures['limit neighbour cores']:.2f} / "
+        f"{figures['ours neighbour cores']:.2f} cores, stolen "
+        f"{figures['limit stolen cores']:.2f} / {figures['ours stolen cores']:.2f}, "
+        f"I/O wait {figures['ours I/O wait cores']:.2f}, disk read "
+        f"{figures['ours disk read MB']:.0f} MB written {figures['ours disk written MB']:.0f} MB "
+        f"dirty {figures['ours dirty page cache at the end MB']:.0f} MB (limit / ours; disk: ours)"
+        + ("" if quiet else ": NOT QUIET, this round measures the neighbours as much as ours"),
+        flush=True,
+    )
 
 
 def datagen_rows(path: Path) -> int:
@@ -425,23 +511,6 @@ class CpuSampler:
         for ident, (kind, cpu) in self.last.items():
             found[kind] = found.get(kind, 0.0) + cpu - self.first.get(ident, 0.0)
         return found
-
-
-class MachineCpu:
-    """CPU seconds of the whole machine (busy and stolen) and of this process, over a block."""
-
-    BUSY = ("user", "nice", "system", "irq", "softirq")
-
-    def __enter__(self) -> MachineCpu:
-        self._start = (psutil.cpu_times(), psutil.Process().cpu_times())
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        (machine, client), end = self._start, psutil.cpu_times()
-        mine = psutil.Process().cpu_times()
-        self.client = mine.user + mine.system - client.user - client.system
-        self.busy = sum(getattr(end, f) - getattr(machine, f) for f in self.BUSY)
-        self.steal = getattr(end, "steal", 0.0) - getattr(machine, "steal", 0.0)
 
 
 def scaling(source: Path, rounds: int, recorder: Recorder, work: Path) -> None:

@@ -160,16 +160,16 @@ class Cloud:
         ecs = self.client("ecs")
         cluster = self.outputs["ClusterName"]
         deadline = time.monotonic() + timeout
-        while True:
+
+        def a_round_leaves_none_running() -> bool:
             self.wait_quiet(max(1.0, deadline - time.monotonic()))
-            running = self.running_workers()
-            for arn in running:
+            for arn in self.running_workers():
                 ecs.stop_task(cluster=cluster, task=arn, reason="benchmark: cold start")
             wait_until(lambda: not self.worker_pids(), timeout, "worker processes to exit", 0.2)
-            if not self.running_workers() and not self.worker_pids():
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError("workers keep starting: is something still uploading?")
+            return not self.running_workers() and not self.worker_pids()
+
+        what = "no worker to run (workers keep starting: is something still uploading?)"
+        wait_until(a_round_leaves_none_running, timeout, what, 0)
 
     def wait_quiet(self, timeout: float) -> None:
         """No trigger run in progress and no message queued or in flight."""
@@ -234,14 +234,13 @@ def wait_object(s3: Any, bucket: str, key: str, timeout: float, interval: float 
     """Poll HeadObject until the object exists; the monotonic time it was first seen."""
     from botocore.exceptions import ClientError
 
-    deadline = time.monotonic() + timeout
-    while True:
+    def seen_at() -> float | None:
         try:
             s3.head_object(Bucket=bucket, Key=key)
-            return time.monotonic()
         except ClientError as error:
             if error.response["Error"]["Code"] not in ("404", "NoSuchKey", "NotFound"):
                 raise
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"s3://{bucket}/{key} did not appear in {timeout:g} s")
-        time.sleep(interval)
+            return None
+        return time.monotonic()
+
+    return wait_until(seen_at, timeout, f"s3://{bucket}/{key} to appear", interval)

@@ -1,12 +1,16 @@
-"""Endpoint benchmark: our server, MLflow's scoring server and the in-process limit.
+"""Endpoint benchmark: our server, its peers (MLflow, MLServer, BentoML) and the in-process limit.
 
-Per round, in a rotated order: wrk (one thread, keep-alive unless said) against
-`python -m service serve` and `mlflow models serve`, for single-row and 1,000-row JSON
-bodies (MLflow's `dataframe_split`) and 1,000-row parquet (ours only), at concurrency 1
-and 16; MLflow also with `Connection: close`. Around each wrk run the server's CPU time
-(its whole process tree, psutil) gives CPU milliseconds per request. In the same round the
-bench process times the in-process limit on the same rows: the bare arithmetic (fill the
-means, scale, `predict_proba`) and our decode -> predict -> encode path.
+Per round, in a rotated order that is reversed every other round: wrk (one thread,
+keep-alive unless said) against `python -m service serve` and every peer configuration
+(`bench.peers`: MLflow on uvloop and on asyncio, MLServer and BentoML with batching off and
+on), for single-row and 1,000-row JSON bodies (each server's own format for the same rows)
+and 1,000-row parquet (ours only), at concurrency 1 and 16; MLflow also with
+`Connection: close`. Around each wrk run: each server process's CPU time (psutil), wrk's own
+and the whole machine's busy and stolen time, and wrk's latency histogram, from which the
+percentiles are given with and without wrk's coordinated-omission correction
+(`bench.latency`). In the same round the bench process times the in-process limit on the same
+rows: the bare arithmetic the server does (fill the means, a StandardScaler's two array
+operations, `predict_proba`; see `InProcess.bare`) and our decode -> predict -> encode path.
 """
 
 from __future__ import annotations
@@ -26,21 +30,22 @@ from typing import Any
 import numpy as np
 import orjson
 import pandas as pd
+from sklearn.preprocessing import StandardScaler
 
-from bench import datagen
-from bench.processes import LOOPBACK, Managed, free_port, http_status
+from bench import datagen, peers
+from bench.cpu import MachineCpu, ProcessCpu
+from bench.load import run_wrk
+from bench.processes import LOOPBACK, Managed, free_port, wait_ready
 from bench.stats import DATA_DIR, Recorder
-from localcloud.waiting import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-LUA = Path(__file__).resolve().parent / "wrk" / "post.lua"
-BUNDLE = DATA_DIR / "bundle"
-MLFLOW_VENV = DATA_DIR / "mlflow-venv"
-MLFLOW_MODEL = DATA_DIR / "mlflow-model"
-MLFLOW_VERSION = "3.17.2"
-MLFLOW_REQUIREMENTS = Path(__file__).resolve().parent / "requirements-mlflow.txt"
+BUNDLE = peers.BUNDLE
 JSON = "application/json"
 PARQUET = "application/vnd.apache.parquet"
+CONNECTIONS = {"json-1": (1, 16), "json-1000": (1, 4, 16), "parquet-1000": (1, 4, 16)}
+BODIES = ("json-1", "json-1000", "parquet-1000")
+WARM_UP_SECONDS = 3.0  # per scenario, before the first round
+SAME_ANSWERS = 1e-9  # largest absolute difference of probabilities allowed between servers
 
 
 @dataclass(frozen=True)
@@ -52,16 +57,27 @@ class Body:
 
 
 @dataclass(frozen=True)
+class Target:
+    """A server scenarios run against: ours, another tree of ours, or a peer configuration."""
+
+    label: str
+    url: str
+    family: str  # whose request format it takes: "ours" or a peer family
+    server: Managed
+    close_too: bool = False
+
+
+@dataclass(frozen=True)
 class Scenario:
-    server: str  # "ours" | "mlflow" | a label of another source tree of ours
-    body: Body
+    target: str
+    body: str
     connections: int
     keep_alive: bool = True
 
     @property
     def name(self) -> str:
         mode = "" if self.keep_alive else " close"
-        return f"{self.server} {self.body.name} c{self.connections}{mode}"
+        return f"{self.target} {self.body} c{self.connections}{mode}"
 
 
 # -- setup ------------------------------------------------------------------------------
@@ -74,57 +90,27 @@ def ensure_bundle() -> Path:
     return BUNDLE
 
 
-def ensure_mlflow() -> Path:
-    """MLflow in its own virtual environment (its pins clash with ours), and the model."""
-    python = MLFLOW_VENV / "bin" / "python"
-    if not (MLFLOW_VENV / "bin" / "mlflow").exists():
-        subprocess.run([sys.executable, "-m", "venv", str(MLFLOW_VENV)], check=True)
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "-q", "-r", str(MLFLOW_REQUIREMENTS)],
-            check=True,
-        )
-    if not (MLFLOW_MODEL / "MLmodel").exists():
-        subprocess.run(
-            [
-                str(python),
-                str(Path(__file__).resolve().parent / "mlflow_model.py"),
-                "--bundle",
-                str(BUNDLE),
-                "--example",
-                str(datagen.dataset("1k")),
-                "--out",
-                str(MLFLOW_MODEL),
-            ],
-            check=True,
-        )
-    return MLFLOW_MODEL
-
-
-def split_json(frame: pd.DataFrame) -> bytes:
-    """MLflow's `dataframe_split` (both servers accept it); missing values as null."""
-    data = frame.astype(object).where(frame.notna(), None).to_numpy().tolist()
-    return orjson.dumps({"dataframe_split": {"columns": list(frame.columns), "data": data}})
-
-
-def write_bodies() -> dict[str, Body]:
+def write_bodies(families: set[str]) -> dict[str, dict[str, Body]]:
+    """family -> body name -> the same rows in that family's request format."""
     rows = pd.read_parquet(datagen.dataset("1k"))
+    columns = json.loads((BUNDLE / "columns.json").read_text())
     folder = DATA_DIR / "bodies"
     folder.mkdir(parents=True, exist_ok=True)
     complete = rows[rows.notna().all(axis=1)]
     single = complete.iloc[:1].reset_index(drop=True)  # the usual request: no value missing
-    files = {
-        "json-1": (folder / "1row.json", split_json(single), JSON, 1),
-        "json-1000": (folder / "1000rows.json", split_json(rows), JSON, len(rows)),
-        "parquet-1000": (folder / "1000rows.parquet", None, PARQUET, len(rows)),
-    }
-    bodies = {}
-    for name, (path, content, media, count) in files.items():
-        if content is None:
-            rows.to_parquet(path, index=False)
-        else:
-            path.write_bytes(content)
-        bodies[name] = Body(name, path, media, count)
-    return bodies
+    parquet = folder / "1000rows.parquet"
+    rows.to_parquet(parquet, index=False)
+    found: dict[str, dict[str, Body]] = {}
+    for family in families | {"ours"}:
+        encode = "mlflow" if family == "ours" else family  # ours takes dataframe_split
+        prefix = "" if encode == "mlflow" else f"{family}-"
+        found[family] = {}
+        for name, frame in (("json-1", single), ("json-1000", rows)):
+            path = folder / f"{prefix}{len(frame)}row{'s' if len(frame) > 1 else ''}.json"
+            path.write_bytes(peers.body(encode, frame, columns))
+            found[family][name] = Body(name, path, JSON, len(frame))
+    found["ours"]["parquet-1000"] = Body("parquet-1000", parquet, PARQUET, len(rows))
+    return found
 
 
 # -- servers ----------------------------------------------------------------------------
@@ -156,51 +142,8 @@ def start_ours(
         env=env,
         cwd=source,
     )
-    _wait_ping(server, port)
+    wait_ready(server, f"http://{LOOPBACK}:{port}/ping")
     return server
-
-
-def start_mlflow(port: int, workers: int) -> Managed:
-    venv_bin = MLFLOW_VENV / "bin"
-    env = dict(os.environ)
-    # `mlflow models serve` execs `uvicorn` from PATH.
-    env.update(
-        PATH=f"{venv_bin}:{env.get('PATH', '')}",
-        VIRTUAL_ENV=str(MLFLOW_VENV),
-        MLFLOW_TRACKING_URI=(DATA_DIR / "mlruns").as_uri(),
-    )
-    server = Managed(
-        [
-            str(venv_bin / "mlflow"),
-            "models",
-            "serve",
-            "-m",
-            str(MLFLOW_MODEL),
-            "--env-manager",
-            "local",
-            "-w",
-            str(workers),
-            "-h",
-            LOOPBACK,
-            "-p",
-            str(port),
-        ],
-        name="mlflow",
-        log=DATA_DIR / "logs" / "mlflow.log",
-        env=env,
-        cwd=DATA_DIR,
-    )
-    _wait_ping(server, port)
-    return server
-
-
-def _wait_ping(server: Managed, port: int) -> None:
-    def ready() -> bool:
-        if not server.alive():
-            raise RuntimeError(f"{server.name} exited:\n{server.describe()}")
-        return http_status(f"http://{LOOPBACK}:{port}/ping") == 200
-
-    wait_until(ready, 180, f"{server.name} /ping")
 
 
 def post(url: str, body: Body) -> bytes:
@@ -214,38 +157,22 @@ def post(url: str, body: Body) -> bytes:
         return response.read()
 
 
-def check_same_answers(ours: str, mlflow: str, body: Body) -> float:
-    """Both servers score the rows alike: the largest absolute difference."""
-    mine = [row["activation"] for row in orjson.loads(post(ours, body))["predictions"]]
-    theirs = [row[1] for row in orjson.loads(post(mlflow, body))["predictions"]]
-    difference = float(np.max(np.abs(np.array(mine) - np.array(theirs))))
-    if difference > 1e-9:
-        raise RuntimeError(f"ours and MLflow disagree by {difference}")
-    return difference
-
-
-# -- wrk --------------------------------------------------------------------------------
-
-
-def run_wrk(url: str, body: Body, connections: int, seconds: float, keep_alive: bool) -> dict:
-    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s"]
-    if not keep_alive:
-        command += ["-H", "Connection: close"]
-    command += ["-s", str(LUA), url]
-    env = dict(os.environ, BENCH_BODY=str(body.path), BENCH_TYPE=body.content_type)
-    done = subprocess.run(
-        command, env=env, capture_output=True, text=True, timeout=seconds + 60, check=False
-    )
-    for line in done.stdout.splitlines():
-        if line.startswith("BENCH "):
-            result = json.loads(line[6:])
-            errors = sum(
-                result[k]
-                for k in ("connect_errors", "read_errors", "write_errors", "timeouts", "non_2xx")
-            )
-            result["errors"] = errors
-            return result
-    raise RuntimeError(f"wrk printed no result:\n{done.stdout}\n{done.stderr}")
+def check_same_answers(ours: Target, peer: Target, bodies: dict[str, dict[str, Body]]) -> float:
+    """The peer scores the rows as ours does (one row, and 1,000 with missing values): the
+    largest absolute difference of the probabilities."""
+    worst = 0.0
+    for name in ("json-1", "json-1000"):
+        mine = [
+            row["activation"]
+            for row in orjson.loads(post(ours.url, bodies["ours"][name]))["predictions"]
+        ]
+        theirs = peers.answers(peer.family, post(peer.url, bodies[peer.family][name]))
+        if len(mine) != len(theirs):
+            raise RuntimeError(f"{peer.label} answered {len(theirs)} rows for {len(mine)}")
+        worst = max(worst, float(np.max(np.abs(np.array(mine) - np.array(theirs)))))
+    if worst > SAME_ANSWERS:
+        raise RuntimeError(f"ours and {peer.label} disagree by {worst}")
+    return worst
 
 
 # -- in-process limit -------------------------------------------------------------------
@@ -265,12 +192,23 @@ def per_call(function: Callable[[], Any], calls: int, blocks: int = 15) -> tuple
     return statistics.median(walls), statistics.median(cpus)
 
 
+def scaled_like_the_server(matrix: np.ndarray, means: np.ndarray, scaler: Any) -> np.ndarray:
+    """prepare_data's arithmetic on a float matrix: means where values are missing (only
+    then), and a plain StandardScaler's two array operations instead of its transform."""
+    missing = np.isnan(matrix)
+    filled = np.where(missing, means, matrix) if missing.any() else matrix
+    scaled = filled - scaler.mean_
+    scaled /= scaler.scale_
+    return scaled
+
+
 class InProcess:
     """The limit on the same rows, in this process, with the same bundle."""
 
     def __init__(self, bodies: dict[str, Body]) -> None:
         from service import codecs
         from service.artifacts import load_bundle
+        from service.data import prepare_data
         from service.model import predict
 
         self.bundle = load_bundle(str(BUNDLE))
@@ -286,17 +224,35 @@ class InProcess:
             )
             for name, body in bodies.items()
         }
+        self.check_bare(prepare_data)
 
     def bare(self, name: str) -> Callable[[], Any]:
-        """Fill, scale, predict_proba on a ready float matrix: the arithmetic alone."""
+        """The arithmetic the server does on a ready float matrix, and only that: the means
+        filled in where values are missing (only then, as prepare_data), a StandardScaler's
+        two array operations (prepare_data skips ``transform`` and its input checks), and
+        ``predict_proba`` (input checks included: the server calls it too). Not in it:
+        decoding, column selection, the finite checks, encoding, HTTP."""
         matrix, means = self.matrices[name], self.means
         model, scaler = self.bundle.model, self.bundle.scaler
 
         def call() -> Any:
-            filled = np.where(np.isnan(matrix), means, matrix)
-            return model.predict_proba(scaler.transform(filled))[:, 1]
+            return model.predict_proba(scaled_like_the_server(matrix, means, scaler))[:, 1]
 
         return call
+
+    def check_bare(self, prepare_data: Callable[..., np.ndarray]) -> None:
+        """Fail before measuring if the baseline's matrix is not the server's, bit for bit
+        (a changed scaler or prepare_data would otherwise change what the figure means)."""
+        scaler = self.bundle.scaler
+        if type(scaler) is not StandardScaler or not (scaler.with_mean and scaler.with_std):
+            raise RuntimeError(f"the bare baseline assumes a plain StandardScaler: {scaler!r}")
+        for name, body in self.bodies.items():
+            ours = scaled_like_the_server(self.matrices[name], self.means, scaler)
+            frame = self.codecs.decode(self.raw[name], body.content_type)
+            if not np.array_equal(ours, prepare_data(frame, self.bundle)):
+                raise RuntimeError(
+                    f"the bare baseline's matrix differs from prepare_data's ({name})"
+                )
 
     def path(self, name: str) -> Callable[[], bytes]:
         """Our decode -> predict -> encode, without HTTP."""
@@ -329,83 +285,139 @@ class InProcess:
 # -- the benchmark ----------------------------------------------------------------------
 
 
-def scenarios(bodies: dict[str, Body], with_mlflow: bool, others: list[str]) -> list[Scenario]:
+def scenarios(targets: dict[str, Target], bodies: dict[str, dict[str, Body]]) -> list[Scenario]:
     found = []
-    for connections in (1, 16):
-        for name in ("json-1", "json-1000", "parquet-1000"):
-            found.append(Scenario("ours", bodies[name], connections))
-            found.extend(Scenario(label, bodies[name], connections) for label in others)
-            if with_mlflow and name.startswith("json"):
-                found.append(Scenario("mlflow", bodies[name], connections, keep_alive=True))
-                found.append(Scenario("mlflow", bodies[name], connections, keep_alive=False))
+    for connections in sorted({c for counts in CONNECTIONS.values() for c in counts}):
+        for name in BODIES:
+            for target in targets.values():
+                if name not in bodies[target.family] or connections not in CONNECTIONS[name]:
+                    continue
+                found.append(Scenario(target.label, name, connections))
+                if target.close_too:
+                    found.append(Scenario(target.label, name, connections, keep_alive=False))
     return found
+
+
+def start_targets(
+    workers: int, threads: int | None, compare: dict[str, Path], labels: list[str]
+) -> dict[str, Target]:
+    """Ours, the other trees of ours, then every peer configuration, each on a free port."""
+    targets: dict[str, Target] = {}
+    try:
+        for label, source in {"ours": REPO_ROOT, **compare}.items():
+            port = free_port()
+            server = start_ours(port, workers, threads, source, label)
+            url = f"http://{LOOPBACK}:{port}/invocations"
+            targets[label] = Target(label, url, "ours", server)
+        for label in labels:
+            peer, port = peers.PEERS[label], free_port()
+            server = peers.start(peer, port, workers)
+            url = f"http://{LOOPBACK}:{port}{peer.path}"
+            targets[label] = Target(label, url, peer.family, server, peer.close_too)
+    except BaseException:
+        for target in targets.values():
+            target.server.stop(grace=20)
+        raise
+    return targets
 
 
 def run(
     rounds: int = 5,
     seconds: float = 8.0,
     workers: int | None = None,
-    with_mlflow: bool = True,
+    peer_labels: list[str] | None = None,
     threads: int | None = None,
     fast: bool = False,
     compare: dict[str, Path] | None = None,
 ) -> Recorder:
     """`compare`: label -> a source tree with another `service/`, run side by side with ours
-    (e.g. the code before an optimisation)."""
+    (e.g. the code before an optimisation). `peer_labels`: keys of `peers.PEERS` (all)."""
     workers = workers or os.cpu_count() or 1
     compare = compare or {}
+    labels = list(peers.PEERS) if peer_labels is None else peer_labels
     recorder = Recorder("endpoint")
     recorder.notes.update(workers=workers, threads=threads, seconds=seconds, rounds=rounds)
     recorder.notes["compare"] = {label: str(path) for label, path in compare.items()}
+    recorder.notes["peers"] = {
+        label: {"version": peers.VERSIONS[peers.PEERS[label].family], **vars(peers.PEERS[label])}
+        for label in labels
+    }
     ensure_bundle()
-    bodies = write_bodies()
-    if with_mlflow:
-        ensure_mlflow()
-        recorder.notes["mlflow"] = MLFLOW_VERSION
-    ports = {name: free_port() for name in ("ours", "mlflow", *compare)}
-    servers = {"ours": start_ours(ports["ours"], workers, threads)}
+    peers.prepare(labels)
+    bodies = write_bodies({peers.PEERS[label].family for label in labels})
+    targets = start_targets(workers, threads, compare, labels)
     try:
-        for label, source in compare.items():
-            servers[label] = start_ours(ports[label], workers, threads, source, label)
-        if with_mlflow:
-            servers["mlflow"] = start_mlflow(ports["mlflow"], workers)
-        urls = {name: f"http://{LOOPBACK}:{port}/invocations" for name, port in ports.items()}
-        if with_mlflow:
-            recorder.notes["max_abs_difference_vs_mlflow"] = check_same_answers(
-                urls["ours"], urls["mlflow"], bodies["json-1000"]
-            )
-        limit = InProcess(bodies)
-        plan = scenarios(bodies, with_mlflow, list(compare))
-        for scenario in plan:  # warm-up: first requests load lazily imported code
-            run_wrk(urls[scenario.server], scenario.body, scenario.connections, 1, True)
+        recorder.notes["max_abs_difference"] = {
+            label: check_same_answers(targets["ours"], targets[label], bodies) for label in labels
+        }
+        limit = InProcess(bodies["ours"])
+        plan = scenarios(targets, bodies)
+        for scenario in plan:  # warm-up: lazily imported code; BentoML's batcher learns
+            body = bodies[targets[scenario.target].family][scenario.body]
+            warm = min(WARM_UP_SECONDS, seconds)
+            url = targets[scenario.target].url
+            run_wrk(url, body.path, body.content_type, scenario.connections, warm, True)
         for number in range(rounds):
             shift = number * 3 % len(plan)
             order = plan[shift:] + plan[:shift]
             print(f"round {number + 1}/{rounds}", flush=True)
             now = limit.measure(recorder, fast)
-            results = {}
-            for scenario in order:
-                server = servers[scenario.server]
-                cpu = server.cpu_seconds()
-                result = run_wrk(
-                    urls[scenario.server],
-                    scenario.body,
-                    scenario.connections,
-                    seconds,
-                    scenario.keep_alive,
-                )
-                result["cpu_ms_per_request"] = (
-                    (server.cpu_seconds() - cpu) * 1e3 / max(1, result["requests"])
-                )
-                results[scenario.name] = result
-                record_scenario(recorder, scenario, result)
-            record_ratios(recorder, results, now, with_mlflow)
+            order = order if number % 2 == 0 else order[::-1]
+            results = run_round(recorder, number, order, targets, bodies, seconds)
+            record_ratios(recorder, results, now, labels)
             for label in compare:
                 record_other(recorder, results, label)
         return recorder
     finally:
-        for server in servers.values():
-            server.stop(grace=20)
+        for target in targets.values():
+            target.server.stop(grace=20)
+
+
+def run_round(
+    recorder: Recorder,
+    number: int,
+    order: list[Scenario],
+    targets: dict[str, Target],
+    bodies: dict[str, dict[str, Body]],
+    seconds: float,
+) -> dict[str, dict]:
+    """Every scenario once, in `order`; each run's raw figures also go to `notes.runs`."""
+    runs = recorder.notes.setdefault("runs", [])
+    results = {}
+    with MachineCpu() as machine:
+        started = time.perf_counter()
+        for scenario in order:
+            target = targets[scenario.target]
+            result = measure(target, bodies[target.family][scenario.body], scenario, seconds)
+            results[scenario.name] = result
+            record_scenario(recorder, scenario, result)
+            runs.append({"round": number + 1, "scenario": scenario.name, **result})
+        wall = time.perf_counter() - started
+    recorder.add("machine busy cores over the round", "cores", machine.busy / wall)
+    recorder.add("machine stolen cores over the round", "cores", machine.steal / wall)
+    return results
+
+
+def measure(target: Target, body: Body, scenario: Scenario, seconds: float) -> dict:
+    """One wrk run with the server's CPU split by process and the machine's CPU around it."""
+    with ProcessCpu(target.server.tree) as server, MachineCpu() as machine:
+        result = run_wrk(
+            target.url,
+            body.path,
+            body.content_type,
+            scenario.connections,
+            seconds,
+            scenario.keep_alive,
+        )
+    wall = result["seconds"]
+    result["cpu_ms_per_request"] = server.total * 1e3 / max(1, result["requests"])
+    result["server_cores"] = server.total / wall
+    result["server_cores_split"] = server.text(wall)
+    result["server_processes"] = [(s.label, round(s.seconds, 3)) for s in server.shares]
+    result["machine_busy_cores"] = machine.busy / wall
+    result["machine_stolen_cores"] = machine.steal / wall
+    result["others_cores"] = (machine.busy - server.total - result["wrk_cpu_seconds"]) / wall
+    return result
 
 
 def record_scenario(recorder: Recorder, scenario: Scenario, result: dict) -> None:
@@ -414,49 +426,93 @@ def record_scenario(recorder: Recorder, scenario: Scenario, result: dict) -> Non
     recorder.add(f"{name} requests/s", "req/s", rps)
     recorder.add(f"{name} p50", "ms", result["p50_us"] / 1e3)
     recorder.add(f"{name} p99", "ms", result["p99_us"] / 1e3)
+    if "p99_raw_us" in result:
+        recorder.add(f"{name} p99 uncorrected", "ms", result["p99_raw_us"] / 1e3)
     recorder.add(f"{name} server CPU per request", "ms", result["cpu_ms_per_request"])
+    recorder.add(f"{name} server cores busy", "cores", result["server_cores"])
     if result["errors"]:
         recorder.add(f"{name} errors", "count", result["errors"])
+    raw = result.get("p99_raw_us")
     print(
-        f"  {name:<34} {rps:8.1f} req/s  p50 {result['p50_us'] / 1e3:7.2f} ms  "
-        f"p99 {result['p99_us'] / 1e3:7.2f} ms  cpu {result['cpu_ms_per_request']:6.2f} ms/req"
+        f"  {name:<36} {rps:8.1f} req/s  p50 {result['p50_us'] / 1e3:7.2f}  "
+        f"p99 {result['p99_us'] / 1e3:7.2f} (uncorrected {raw / 1e3 if raw else float('nan'):.2f}) ms  "
+        f"cpu {result['cpu_ms_per_request']:5.2f} ms/req  cores [{result['server_cores_split']}]  "
+        f"others {result['others_cores']:.2f}"
         + (f"  errors {result['errors']}" if result["errors"] else ""),
         flush=True,
     )
 
 
-def record_ratios(
-    recorder: Recorder, results: dict[str, dict], now: dict[str, float], with_mlflow: bool
-) -> None:
-    def rps(name: str) -> float:
-        return results[name]["requests"] / results[name]["seconds"]
+def best_of(results: dict[str, dict], prefix: str, labels: list[str]) -> str | None:
+    """The scenario with the most requests/s among the labels' runs of `prefix` (body, c)."""
+    runs = [
+        name
+        for name in results
+        if any(name in (f"{label} {prefix}", f"{label} {prefix} close") for label in labels)
+    ]
+    return max(runs, key=lambda n: results[n]["requests"] / results[n]["seconds"], default=None)
 
-    for connections in (1, 16):
-        ours = f"ours json-1 c{connections}"
-        if with_mlflow:
-            peers = [f"mlflow json-1 c{connections}", f"mlflow json-1 c{connections} close"]
-            best_rps = max(rps(p) for p in peers)
-            best_p99 = min(results[p]["p99_us"] for p in peers)
-            recorder.add(
-                f"ratio c{connections} single-row req/s ours / MLflow best",
-                "x",
-                rps(ours) / best_rps,
-            )
-            recorder.add(
-                f"ratio c{connections} single-row p99 ours / MLflow best",
-                "x",
-                results[ours]["p99_us"] / best_p99,
-            )
-        path_cpu_ms = now["path cpu json-1"] * 1e3
+
+def record_ratios(
+    recorder: Recorder, results: dict[str, dict], now: dict[str, float], labels: list[str]
+) -> None:
+    """Ours against each peer configuration, each peer at its best configuration of the
+    round, and the best of all; ours against the in-process limit."""
+    families: dict[str, list[str]] = {}
+    for label in labels:
+        families.setdefault(peers.PEERS[label].family, []).append(label)
+    groups = [(label, [label]) for label in labels]  # each configuration, its best mode
+    groups += [(f"{family} best", members) for family, members in families.items()]
+    groups += [("best peer", labels)] if labels else []
+    for body in BODIES:
+        for connections in CONNECTIONS[body]:
+            for group, members in groups:
+                # no peer takes parquet: ours' parquet is set against their JSON of the rows
+                theirs = f"json-1000 c{connections}" if body == "parquet-1000" else None
+                prefix = f"{body} c{connections}"
+                record_against(recorder, results, prefix, group, members, theirs)
+    for connections in CONNECTIONS["json-1"]:
+        ours = results[f"ours json-1 c{connections}"]
         recorder.add(
             f"ratio c{connections} single-row server CPU / in-process path CPU",
             "x",
-            results[ours]["cpu_ms_per_request"] / path_cpu_ms,
+            ours["cpu_ms_per_request"] / (now["path cpu json-1"] * 1e3),
         )
     overhead = results["ours json-1 c1"]["p50_us"] / 1e3 - now["bare json-1"] * 1e3
     recorder.add("overhead c1 single-row: ours p50 - bare predict_proba", "ms", overhead)
     path_overhead = results["ours json-1 c1"]["p50_us"] / 1e3 - now["path json-1"] * 1e3
     recorder.add("overhead c1 single-row: ours p50 - in-process path", "ms", path_overhead)
+
+
+def record_against(
+    recorder: Recorder,
+    results: dict[str, dict],
+    prefix: str,
+    group: str,
+    members: list[str],
+    their_prefix: str | None = None,
+) -> None:
+    """Ours / the group's run with the most requests/s for `prefix` (body, connections),
+    or for `their_prefix` when the peers take the rows in another body."""
+    peer = best_of(results, their_prefix or prefix, members)
+    if peer is None:
+        return
+    ours, theirs = results[f"ours {prefix}"], results[peer]
+    if not (ours["requests"] and theirs["requests"]):  # no ratio of a run nothing answered
+        recorder.notes.setdefault("unanswered runs", []).append([prefix, peer])
+        return
+    what = f"ratio {prefix} ours / {group}"
+    rps = (ours["requests"] / ours["seconds"]) / (theirs["requests"] / theirs["seconds"])
+    recorder.add(f"{what} req/s", "x", rps)
+    recorder.add(f"{what} p99", "x", ours["p99_us"] / theirs["p99_us"])
+    if ours.get("p99_raw_us") and theirs.get("p99_raw_us"):
+        recorder.add(f"{what} p99 uncorrected", "x", ours["p99_raw_us"] / theirs["p99_raw_us"])
+    recorder.add(f"{what} p50", "x", ours["p50_us"] / theirs["p50_us"])
+    if theirs["cpu_ms_per_request"] > 0:
+        cpu = ours["cpu_ms_per_request"] / theirs["cpu_ms_per_request"]
+        recorder.add(f"{what} CPU per request", "x", cpu)
+    if group == "best peer" and their_prefix is None:
+        recorder.notes.setdefault("best peer", {}).setdefault(prefix, []).append(peer)
 
 
 def record_other(recorder: Recorder, results: dict[str, dict], label: str) -> None:

@@ -23,6 +23,8 @@ from typing import IO, Any
 
 import psutil
 
+from localcloud.waiting import wait_until
+
 LOOPBACK = "127.0.0.1"
 _RUNNING: list[Managed] = []
 
@@ -134,6 +136,17 @@ def install_cleanup() -> None:
     """Stop our servers at exit, and turn SIGTERM into the same path as Ctrl-C."""
     atexit.register(stop_all)
     signal.signal(signal.SIGTERM, _on_terminate)
+
+
+def wait_ready(server: Managed, url: str, timeout: float = 180) -> None:
+    """Until `url` answers 200; fails at once, with the server's output, if it exits."""
+
+    def ready() -> bool:
+        if not server.alive():
+            raise RuntimeError(f"{server.name} exited:\n{server.describe()}")
+        return http_status(url) == 200
+
+    wait_until(ready, timeout, f"{server.name} {url}")
 
 
 def http_status(url: str, timeout: float = 2.0) -> int | None:

@@ -30,25 +30,28 @@ def number(value: float) -> str:
 
 def table(document: dict) -> str:
     lines = [
-        "| figure | unit | median | min | max | n |",
-        "|---|---|---:|---:|---:|---:|",
+        "| figure | unit | median | min | max | n | rounds |",
+        "|---|---|---:|---:|---:|---:|---|",
     ]
     for name, figure in document["figures"].items():
         if not figure.get("n"):
             continue
         lines.append(
             f"| {name} | {figure['unit']} | {number(figure['median'])} | "
-            f"{number(figure['min'])} | {number(figure['max'])} | {figure['n']} |"
+            f"{number(figure['min'])} | {number(figure['max'])} | {figure['n']} | "
+            f"{' '.join(number(value) for value in figure['values'])} |"
         )
     return "\n".join(lines)
 
 
 def section(path: Path) -> str:
     document = json.loads(path.read_text(encoding="utf-8"))
+    # the per-run detail (every wrk run's raw figures) stays in the JSON
+    notes = {k: v for k, v in document["notes"].items() if k != "runs"}
     return (
         f"### {document['suite']} ({path.name})\n\n"
         f"machine: `{json.dumps(document['machine'])}`\n\n"
-        f"notes: `{json.dumps(document['notes'])}`\n\n"
+        f"notes: `{json.dumps(notes)}`\n\n"
         f"{table(document)}\n"
     )
 

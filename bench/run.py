@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from bench import datagen
+from bench.peers import PEERS
 from bench.processes import install_cleanup, stop_all
 
 BATCH_PARTS = ("throughput", "latency", "memory", "scaling")
@@ -21,12 +22,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("data", help="generate the input files under bench/data/")
-    endpoint = commands.add_parser("endpoint", help="our endpoint vs MLflow vs in-process")
+    endpoint = commands.add_parser("endpoint", help="our endpoint vs its peers vs in-process")
     endpoint.add_argument("--rounds", type=int, default=5)
     endpoint.add_argument("--seconds", type=float, default=8.0, help="length of each wrk run")
     endpoint.add_argument("--workers", type=int, default=None, help="server processes (nproc)")
     endpoint.add_argument("--threads", type=int, default=None, help="THREADS of our server")
-    endpoint.add_argument("--no-mlflow", action="store_true", help="skip the MLflow peer")
+    endpoint.add_argument(
+        "--peers",
+        default=",".join(PEERS),
+        help=f"comma list of {', '.join(PEERS)} (all), or none",
+    )
     endpoint.add_argument(
         "--compare",
         action="append",
@@ -35,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also run our server from DIR (a tree with another service/), interleaved",
     )
     batch = commands.add_parser("batch", help="the batch transform vs the in-process limit")
-    batch.add_argument("--rounds", type=int, default=5)
+    batch.add_argument("--rounds", type=int, default=7)
     batch.add_argument(
         "--parts", default=",".join(BATCH_PARTS), help=f"comma list of {', '.join(BATCH_PARTS)}"
     )
@@ -54,6 +59,16 @@ def parse_compare(values: list[str]) -> dict[str, Path]:
     return found
 
 
+def parse_peers(value: str) -> list[str]:
+    labels = [] if value in ("", "none") else value.split(",")
+    unknown = set(labels) - set(PEERS)
+    if unknown:
+        raise SystemExit(
+            f"--peers: unknown {', '.join(sorted(unknown))}; known: {', '.join(PEERS)}"
+        )
+    return labels
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     install_cleanup()
@@ -69,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                 rounds=2 if quick else getattr(args, "rounds", 5),
                 seconds=3.0 if quick else getattr(args, "seconds", 8.0),
                 workers=getattr(args, "workers", None),
-                with_mlflow=not getattr(args, "no_mlflow", False),
+                peer_labels=parse_peers(getattr(args, "peers", ",".join(PEERS))),
                 threads=getattr(args, "threads", None),
                 fast=quick,
                 compare=parse_compare(getattr(args, "compare", [])),
@@ -85,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             if unknown:
                 print(f"unknown parts: {', '.join(sorted(unknown))}", file=sys.stderr)
                 return 2
-            recorder = batch.run(parts, rounds=2 if quick else getattr(args, "rounds", 5))
+            recorder = batch.run(parts, rounds=2 if quick else getattr(args, "rounds", 7))
             recorder.print_table()
             recorder.save()
     except KeyboardInterrupt:

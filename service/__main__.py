@@ -3,9 +3,16 @@
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from service.errors import SettingsError
-from service.settings import ServeSettings, WorkerSettings, load_settings, settings_table
+from service.settings import (
+    ServeSettings,
+    WorkerSettings,
+    load_settings,
+    settings_table,
+    with_settings_table,
+)
 
 
 def _configure_logging(level: str) -> None:
@@ -14,13 +21,27 @@ def _configure_logging(level: str) -> None:
     )
 
 
+def _settings(readme: Path | None) -> int:
+    if readme is None:
+        print(settings_table())
+        return 0
+    try:
+        readme.write_text(with_settings_table(readme.read_text(encoding="utf-8")), "utf-8")
+    except (OSError, ValueError) as exc:
+        print(f"error: {readme}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
     parser.add_argument("command", choices=["serve", "worker", "settings"])
+    parser.add_argument(
+        "--readme", type=Path, help="settings: rewrite the table in this Markdown file instead"
+    )
     args = parser.parse_args(argv)
     if args.command == "settings":
-        print(settings_table())
-        return 0
+        return _settings(args.readme)
     try:
         settings = load_settings(ServeSettings if args.command == "serve" else WorkerSettings)
     except SettingsError as exc:

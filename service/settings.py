@@ -139,3 +139,17 @@ def _default_text(name: str, default: object) -> str:
     if name == "workers":
         return "CPU count"
     return "unset" if default is None else f"`{default}`"
+
+
+TABLE_START = "<!-- generated: python -m service settings --readme README.md -->"
+TABLE_END = "<!-- end of the generated settings table -->"
+
+
+def with_settings_table(document: str) -> str:
+    """``document`` with settings_table() between TABLE_START and TABLE_END, so the README
+    is rewritten, never edited by hand, when a setting changes."""
+    head, start, rest = document.partition(TABLE_START)
+    _, end, tail = rest.partition(TABLE_END)
+    if not start or not end:
+        raise ValueError(f"no {TABLE_START} ... {TABLE_END} block to write the table into")
+    return f"{head}{TABLE_START}\n{settings_table()}\n{TABLE_END}{tail}"

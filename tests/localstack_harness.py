@@ -29,6 +29,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from localcloud.waiting import wait_until
 from tests.support import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -158,18 +159,20 @@ class LocalStack:
 
     def wait_healthy(self, timeout: float) -> dict[str, object]:
         """Poll /_localstack/health until it answers; fail at once if the process exits."""
-        assert self.process is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
+        process = self.process
+        assert process is not None
+
+        def healthy() -> dict[str, object] | None:
+            if process.poll() is not None:
                 raise ExitedEarly(
-                    f"LocalStack exited with {self.process.returncode} before it was healthy"
+                    f"LocalStack exited with {process.returncode} before it was healthy"
                 )
-            health = self.health()
-            if health is not None:
-                return health
-            time.sleep(0.2)
-        raise HarnessError(f"LocalStack was not healthy on {self.endpoint} after {timeout:g} s")
+            return self.health()
+
+        try:
+            return wait_until(healthy, timeout, f"LocalStack on {self.endpoint} to be healthy", 0.2)
+        except TimeoutError as error:
+            raise HarnessError(str(error)) from None
 
     def health(self) -> dict[str, object] | None:
         try:
@@ -188,16 +191,12 @@ class LocalStack:
         deadline = time.monotonic() + grace
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=grace)
-        while _group_alive(group) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if _group_alive(group):
+        if not _group_gone(group, deadline - time.monotonic()):
             log(f"LocalStack did not stop within {grace:.0f} s of SIGTERM: SIGKILL")
             _signal_group(group, signal.SIGKILL)
             self.process.wait(timeout=10)
-            while _group_alive(group) and time.monotonic() < deadline + 10:
-                time.sleep(0.1)
-        if _group_alive(group):
-            raise HarnessError(f"processes of LocalStack's group {group} survived SIGKILL")
+            if not _group_gone(group, 10):
+                raise HarnessError(f"processes of LocalStack's group {group} survived SIGKILL")
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -210,6 +209,15 @@ class LocalStack:
 def _signal_group(group: int, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(group, signum)
+
+
+def _group_gone(group: int, seconds: float) -> bool:
+    """Whether every process of the group has exited within ``seconds``."""
+    try:
+        wait_until(lambda: not _group_alive(group), max(seconds, 0.0), "the group", 0.1)
+    except TimeoutError:
+        return False
+    return True
 
 
 def _group_alive(group: int) -> bool:

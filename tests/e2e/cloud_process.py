@@ -8,7 +8,6 @@ against the endpoint. While it runs, a sampling thread records every process it 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import signal
@@ -38,10 +37,6 @@ LOOPBACK = "127.0.0.1"
 REGION = "us-east-1"
 DUMMY_KEY = "e2e"
 STACK_NAME = "model-endpoint-local"
-# The endpoint's container port (SageMaker's); ``up`` serves it on this host port unless it
-# offers --endpoint-port, which lets every cloud of the suite take a free port instead.
-ENDPOINT_PORT = 8080
-ENDPOINT_PORT_OPTION = "--endpoint-port"
 # The stack's one-minute rescale rule then fires every 6 s.
 SCHEDULE_SCALE = 0.1
 READY_SECONDS = 180.0
@@ -75,20 +70,6 @@ def port_owner(port: int) -> str:
     with contextlib.suppress(psutil.Error, TypeError, ValueError):
         return f"pid {pid}: {' '.join(psutil.Process(pid).cmdline())}"
     return "an unknown process"
-
-
-@functools.cache
-def _up_offers(option: str) -> bool:
-    """Whether this version of ``python -m localcloud up`` has a command-line option."""
-    shown = subprocess.run(
-        [sys.executable, "-m", "localcloud", "up", "--help"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    return option in shown.stdout
 
 
 def write_params(path: Path, overrides: dict[str, str]) -> Path:
@@ -180,7 +161,7 @@ class LocalCloudProcess:
         self.extra_args = list(extra_args)
         self.params_file = write_params(work_dir / "params.json", parameters or {})
         self.port = free_port()
-        self.endpoint_port = free_port() if _up_offers(ENDPOINT_PORT_OPTION) else ENDPOINT_PORT
+        self.endpoint_port = free_port()
         self.aws_url = f"http://{LOOPBACK}:{self.port}"
         self.log_path = work_dir / "localcloud.log"
         self.schedule_scale = schedule_scale
@@ -198,9 +179,8 @@ class LocalCloudProcess:
         """Start ``up`` in its own process group; fail at once if the endpoint port is taken."""
         if port_in_use(self.endpoint_port):
             raise AssertionError(
-                f"port {self.endpoint_port} is taken by {port_owner(self.endpoint_port)}; the "
-                "local cloud's endpoint needs it (the template fixes the container port): "
-                "stop that process"
+                f"port {self.endpoint_port}, free when chosen, is now taken by "
+                f"{port_owner(self.endpoint_port)}: run again"
             )
         command = [
             sys.executable,
@@ -215,10 +195,10 @@ class LocalCloudProcess:
             str(self.schedule_scale),
             "--params",
             str(self.params_file),
+            "--endpoint-port",
+            str(self.endpoint_port),
             *self.extra_args,
         ]
-        if self.endpoint_port != ENDPOINT_PORT:
-            command += [ENDPOINT_PORT_OPTION, str(self.endpoint_port)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         env.update(NO_COLOR="1", PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(

@@ -1,7 +1,7 @@
 """The image and the compose file on a real Docker engine.
 
 Runs only with CONTAINER_TESTS=1. Uses the engine DOCKER_HOST names when it answers;
-otherwise starts a throwaway one with scripts/docker_engine.sh (root, Debian: installs
+otherwise starts a throwaway one with .ci/docker_engine.sh (root, Debian: installs
 docker.io, docker-compose and debootstrap when missing, builds python:3.11-slim from Debian
 bookworm) and stops it afterwards. With CONTAINER_TESTS=1 an engine that cannot start is a
 failure, not a skip. That engine has no bridge network: containers run with --network none
@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,15 +27,14 @@ import yaml
 from botocore.exceptions import BotoCoreError, ClientError
 from botocore.parsers import ResponseParserError
 
-from tests.support import free_port
+from tests.support import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-ENGINE = ROOT / "scripts" / "docker_engine.sh"
+ENGINE = ROOT / ".ci" / "docker_engine.sh"
 COMPOSE_FILE = ROOT / "compose" / "docker-compose.yml"
 IMAGE = "model-endpoint:container-test"
 BUILD_BASE = "model-endpoint-build-base:latest"
 REGION = "us-east-1"
-ENDPOINT_PORT = 8080
 
 pytestmark = [
     pytest.mark.e2e,
@@ -44,7 +42,7 @@ pytestmark = [
     pytest.mark.skipif(
         os.environ.get("CONTAINER_TESTS") != "1",
         reason="set CONTAINER_TESTS=1 to build and run the image (needs Docker, or root to "
-        "start one with scripts/docker_engine.sh)",
+        "start one with .ci/docker_engine.sh)",
     ),
 ]
 
@@ -70,36 +68,23 @@ def must(cmd: list[str], env: dict[str, str], timeout: float = 600):
     return result
 
 
-def wait_port_free(port: int, seconds: float) -> None:
-    """The local cloud's endpoint has a fixed port; another local cloud may hold it a while."""
-    deadline = time.monotonic() + seconds
-    while True:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) != 0:
-                return
-        if time.monotonic() > deadline:
-            pytest.fail(
-                f"127.0.0.1:{port} stayed taken for {seconds:.0f} s; the local cloud's endpoint needs it"
-            )
-        time.sleep(2)
-
-
 def wait_http(
     url: str, seconds: float, data: bytes | None = None, headers=None
 ) -> tuple[int, bytes]:
-    deadline = time.monotonic() + seconds
-    last: object = None
-    while time.monotonic() < deadline:
+    last: list[object] = [None]
+
+    def answer() -> tuple[int, bytes] | None:
         request = urllib.request.Request(url, data=data, headers=headers or {})
         try:
-            with urllib.request.urlopen(request, timeout=10) as answer:
-                return answer.status, answer.read()
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, response.read()
         except urllib.error.HTTPError as error:
-            last = f"{error.code} {error.read()[:200]!r}"
+            last[0] = f"{error.code} {error.read()[:200]!r}"
         except OSError as error:
-            last = error
-        time.sleep(1)
-    pytest.fail(f"{url} did not answer 200 within {seconds:.0f} s (last: {last})")
+            last[0] = error
+        return None
+
+    return wait_for(answer, seconds, f"{url} to answer 200", 1, lambda: f"last: {last[0]}")
 
 
 def timed(label: str, timings: dict[str, float], cmd: list[str], env: dict[str, str]) -> None:
@@ -277,17 +262,17 @@ def test_serve_answers_ping_and_predictions(image, build_env, bundle):
         print(logs.stdout[-2000:], logs.stderr[-2000:])
 
 
-def host_network_compose(env: dict[str, str], folder: Path, port: int) -> Path:
+def host_network_compose(env: dict[str, str], folder: Path, port: int, endpoint_port: int) -> Path:
     """The project's compose file as compose resolves it, moved to the host's network (the
     test engine has no bridge, and compose refuses published ports there), listening on
-    loopback and on a free port."""
+    loopback and on free ports."""
     resolved = must(["docker-compose", "-f", str(COMPOSE_FILE), "config"], env, 120).stdout
     document = yaml.safe_load(resolved)
     service = document["services"]["localcloud"]
     service.pop("ports")
     service["network_mode"] = "host"
     service["environment"]["LOCALCLOUD_BIND"] = "127.0.0.1"
-    service["command"] = ["up", "--port", str(port)]
+    service["command"] = ["up", "--port", str(port), "--endpoint-port", str(endpoint_port)]
     document["services"] = {"localcloud": service}
     path = folder / "docker-compose.yml"
     path.write_text(yaml.safe_dump(document))
@@ -295,22 +280,30 @@ def host_network_compose(env: dict[str, str], folder: Path, port: int) -> Path:
 
 
 def wait_report(s3, bucket: str, key: str, seconds: float) -> dict:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    def report() -> dict | None:
         try:
             return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
         except (ClientError, BotoCoreError):
-            time.sleep(2)
-    pytest.fail(f"no report s3://{bucket}/{key} within {seconds:.0f} s")
+            return None
+
+    return wait_for(report, seconds, f"the report s3://{bucket}/{key}", 2)
+
+
+def stack_outputs(cloudformation, name: str) -> dict[str, str] | None:
+    """The stack's outputs once it is created; None while the cloud starts or deploys."""
+    try:
+        stack = cloudformation.describe_stacks(StackName=name)["Stacks"][0]
+    except (ClientError, BotoCoreError, ResponseParserError):
+        return None
+    if stack["StackStatus"] != "CREATE_COMPLETE" or not stack.get("Outputs"):
+        return None
+    return {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
 
 
 def test_compose_runs_the_local_cloud(build_env, image, bundle, timings, tmp_path):
-    if not (ROOT / "localcloud" / "__main__.py").exists():
-        pytest.skip("localcloud is not written yet")
-    wait_port_free(ENDPOINT_PORT, 180)
     build(build_env, "localcloud", "model-endpoint-localcloud:latest", timings)
     port = free_port()
-    compose_file = host_network_compose(build_env, tmp_path, port)
+    compose_file = host_network_compose(build_env, tmp_path, port, free_port())
     compose = ["docker-compose", "-f", str(compose_file), "-p", f"metest{port}"]
     must([*compose, "up", "-d", "--no-build", "localcloud"], build_env, 300)
     try:
@@ -321,19 +314,12 @@ def test_compose_runs_the_local_cloud(build_env, image, bundle, timings, tmp_pat
         )
         endpoint = f"http://127.0.0.1:{port}"
         cloudformation = session.client("cloudformation", endpoint_url=endpoint)
-        deadline = time.monotonic() + 300
-        outputs: dict[str, str] = {}
-        while not outputs:
-            assert time.monotonic() < deadline, "the local cloud did not deploy its stack in 300 s"
-            time.sleep(2)
-            try:
-                stack = cloudformation.describe_stacks(StackName="model-endpoint-local")["Stacks"][
-                    0
-                ]
-            except (ClientError, BotoCoreError, ResponseParserError):
-                continue
-            if stack["StackStatus"] == "CREATE_COMPLETE" and stack.get("Outputs"):
-                outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
+        outputs = wait_for(
+            lambda: stack_outputs(cloudformation, "model-endpoint-local"),
+            300,
+            "the local cloud to deploy its stack",
+            2,
+        )
         status, _ = wait_http(outputs["EndpointUrl"].rstrip("/") + "/ping", 180)
         assert status == 200
         s3 = session.client("s3", endpoint_url=endpoint)

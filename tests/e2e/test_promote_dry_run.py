@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import boto3
@@ -24,11 +23,6 @@ READY_SECONDS = 180
 
 pytestmark = pytest.mark.e2e
 
-if not (ROOT / "localcloud" / "__main__.py").exists():
-    pytest.skip(
-        "localcloud is not importable yet (no localcloud/__main__.py)", allow_module_level=True
-    )
-
 
 def aws_env(endpoint: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
@@ -45,6 +39,13 @@ def stack_status(cloudformation, name: str) -> str | None:
         raise
 
 
+def deployed(cloudformation) -> bool:
+    try:
+        return stack_status(cloudformation, LOCAL_STACK) == "CREATE_COMPLETE"
+    except (BotoCoreError, ClientError, ResponseParserError):
+        return False  # not listening yet, or busy deploying
+
+
 @pytest.fixture(scope="module")
 def local_cloud(tmp_path_factory):
     """`python -m localcloud up` on a free port, until its stack is deployed."""
@@ -52,8 +53,9 @@ def local_cloud(tmp_path_factory):
     endpoint = f"http://127.0.0.1:{port}"
     state = tmp_path_factory.mktemp("localcloud")
     log = (state / "localcloud.log").open("w")
+    options = ["--port", str(port), "--endpoint-port", str(free_port()), "--state-dir", str(state)]
     process = subprocess.Popen(
-        [sys.executable, "-m", "localcloud", "up", "--port", str(port), "--state-dir", str(state)],
+        [sys.executable, "-m", "localcloud", "up", *options],
         cwd=ROOT,
         env=aws_env(endpoint),
         stdout=log,
@@ -64,19 +66,14 @@ def local_cloud(tmp_path_factory):
         aws_access_key_id="testing", aws_secret_access_key="testing",
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + READY_SECONDS
-        status = None
-        while status != "CREATE_COMPLETE":
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(
-                    f"the local cloud did not deploy {LOCAL_STACK} (status {status}, exit "
-                    f"{process.poll()}):\n{(state / 'localcloud.log').read_text()[-3000:]}"
-                )
-            time.sleep(1)
-            try:
-                status = stack_status(cloudformation, LOCAL_STACK)
-            except (BotoCoreError, ClientError, ResponseParserError):
-                status = None  # not listening yet, or busy deploying
+        wait_for(
+            lambda: process.poll() is not None or deployed(cloudformation),
+            READY_SECONDS,
+            f"the local cloud to deploy {LOCAL_STACK}",
+            interval=1,
+            context=lambda: (state / "localcloud.log").read_text()[-3000:],
+        )
+        assert process.poll() is None, (state / "localcloud.log").read_text()[-3000:]
         wait_for(
             lambda: "ready (Ctrl-C stops everything)" in (state / "localcloud.log").read_text(),
             READY_SECONDS,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -12,29 +11,18 @@ from pathlib import Path
 import psutil
 import pytest
 
-from localcloud.settings import LOOPBACK, REPO_ROOT
+from localcloud.settings import REPO_ROOT
+from tests.support import free_port
 
-ENDPOINT_PORT = 8080
-NEEDED = ["infra/stack.yaml", "lambda/handler.py", "service/worker.py", "scripts/train_example.py"]
-
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(
-        not all((REPO_ROOT / path).exists() for path in NEEDED),
-        reason="needs the template, the Lambda handler, the service and the training script",
-    ),
-]
+pytestmark = pytest.mark.e2e
 
 
 def test_demo_prints_identical_batch_and_endpoint_predictions(
     tmp_path: Path, unused_port: int, processes_using: Callable[[str], list[psutil.Process]]
 ) -> None:
-    with socket.socket() as probe:
-        if probe.connect_ex((LOOPBACK, ENDPOINT_PORT)) == 0:
-            pytest.skip(f"port {ENDPOINT_PORT} is in use (another local cloud?)")
     result = subprocess.run(
         [sys.executable, "-m", "localcloud", "demo", "--port", str(unused_port),
-         "--state-dir", str(tmp_path / "state")],
+         "--endpoint-port", str(free_port()), "--state-dir", str(tmp_path / "state")],
         cwd=REPO_ROOT,
         env={**os.environ, "NO_COLOR": "1"},
         capture_output=True,

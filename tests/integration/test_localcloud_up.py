@@ -14,18 +14,10 @@ from pathlib import Path
 
 import boto3
 import psutil
-import pytest
 
 from localcloud.settings import LOOPBACK, REPO_ROOT
 from localcloud.waiting import wait_until
-
-ENDPOINT_PORT = 8080
-NEEDED = ["infra/stack.yaml", "infra/params/local.json", "lambda/handler.py", "service/__main__.py"]
-
-pytestmark = pytest.mark.skipif(
-    not all((REPO_ROOT / path).exists() for path in NEEDED),
-    reason="needs the template, the Lambda handler and the service",
-)
+from tests.support import free_port
 
 
 def port_in_use(port: int) -> bool:
@@ -56,9 +48,8 @@ class Output:
 def test_up_reaches_ready_and_sigterm_leaves_no_process(
     tmp_path: Path, unused_port: int, processes_using: Callable[[str], list[psutil.Process]]
 ) -> None:
-    if port_in_use(ENDPOINT_PORT):
-        pytest.skip(f"port {ENDPOINT_PORT} is in use (another local cloud?)")
     port = unused_port
+    endpoint_port = free_port()
     process = subprocess.Popen(
         [
             sys.executable,
@@ -67,6 +58,8 @@ def test_up_reaches_ready_and_sigterm_leaves_no_process(
             "up",
             "--port",
             str(port),
+            "--endpoint-port",
+            str(endpoint_port),
             "--state-dir",
             str(tmp_path / "state"),
             "--schedule-scale",
@@ -86,8 +79,8 @@ def test_up_reaches_ready_and_sigterm_leaves_no_process(
         tree = [root, *root.children(recursive=True)]
         commands = [" ".join(p.cmdline()) for p in tree[1:]]
         assert any("-m service serve" in command for command in commands), commands
-        assert output.has(f"endpoint http://127.0.0.1:{ENDPOINT_PORT} healthy"), str(output)
-        with urllib.request.urlopen(f"http://127.0.0.1:{ENDPOINT_PORT}/ping", timeout=5) as ping:
+        assert output.has(f"endpoint http://127.0.0.1:{endpoint_port} healthy"), str(output)
+        with urllib.request.urlopen(f"http://127.0.0.1:{endpoint_port}/ping", timeout=5) as ping:
             assert ping.status == 200
         s3 = boto3.client(
             "s3",
@@ -107,7 +100,7 @@ def test_up_reaches_ready_and_sigterm_leaves_no_process(
         assert processes_using(f"http://127.0.0.1:{port}") == []
         assert output.has("| stopped")
         assert not port_in_use(port)
-        assert not port_in_use(ENDPOINT_PORT)
+        assert not port_in_use(endpoint_port)
     finally:
         for leftover in [*tree, psutil.Process(process.pid)] if process.poll() is None else tree:
             if leftover.is_running():

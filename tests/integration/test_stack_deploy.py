@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 import urllib.request
 import zipfile
 from collections.abc import Callable, Iterator
@@ -26,6 +25,7 @@ from infra.template import (
     resolve,
     s3_bucket_calls,
 )
+from tests.support import wait_for
 
 pytestmark = pytest.mark.filterwarnings("ignore:Tried to parse:UserWarning")
 
@@ -108,13 +108,12 @@ def deploy(client: Client, stack_name: str, parameters: dict[str, str]) -> dict[
         Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],
         Capabilities=["CAPABILITY_IAM"],
     )
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while True:
+
+    def settled() -> dict[str, Any] | None:
         (stack,) = cloudformation.describe_stacks(StackName=stack_name)["Stacks"]
-        if not stack["StackStatus"].endswith("_IN_PROGRESS"):
-            return stack
-        assert time.monotonic() < deadline, f"{stack_name} still {stack['StackStatus']}"
-        time.sleep(0.2)
+        return None if stack["StackStatus"].endswith("_IN_PROGRESS") else stack
+
+    return wait_for(settled, DEADLINE_SECONDS, f"{stack_name} to leave *_IN_PROGRESS", 0.2)
 
 
 def outputs_of(stack: dict[str, Any]) -> dict[str, str]:

@@ -32,6 +32,7 @@ from tests.e2e.cloud_process import (
     LocalCloudProcess,
     Seen,
 )
+from tests.support import wait_for
 
 LAMBDA_BOOTSTRAP = "localcloud/bootstrap.py"
 WORKER_SCRATCH = "batch-worker-"
@@ -240,17 +241,22 @@ def kill_invocation(cloud: LocalCloudProcess, deadline: float, prefer: float) ->
     follower = LogFollower(cloud.log_path)
     log = InvocationLog()
     started = time.monotonic()
-    while time.monotonic() - started < deadline:
+
+    def kill_the_one_running() -> InvocationKill | None:
         log.read(follower.new_lines())
         late = time.monotonic() - started >= prefer
         environments = lambda_invocations(cloud)
-        if len(log.running) == 1 and len(environments) == 1:
-            (request_id,) = log.running
-            mid_event = request_id in log.queued and request_id not in log.finished
-            if (mid_event or late) and sigkill(environments[0]):
-                return InvocationKill(request_id, mid_event, time.monotonic() - started)
-        time.sleep(0.005)
-    raise AssertionError(f"no Lambda invocation ran within {deadline:g} s\n{cloud.log_tail()}")
+        if len(log.running) != 1 or len(environments) != 1:
+            return None
+        (request_id,) = log.running
+        mid_event = request_id in log.queued and request_id not in log.finished
+        if (mid_event or late) and sigkill(environments[0]):
+            return InvocationKill(request_id, mid_event, time.monotonic() - started)
+        return None
+
+    return wait_for(
+        kill_the_one_running, deadline, "a Lambda invocation to run", 0.005, cloud.log_tail
+    )
 
 
 @dataclass

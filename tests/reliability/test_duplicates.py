@@ -27,7 +27,6 @@ and the input whose report was lost stayed without one (C3).
 from __future__ import annotations
 
 import gzip
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from localcloud.waiting import wait_until
 from service.artifacts import Bundle
 from service.model import predict
 from tests.e2e.batch_helpers import (
@@ -177,33 +177,35 @@ def warm_up(cloud: LocalCloudProcess, train_example: ModuleType) -> int:
     until all MaxWorkers are seen at once. Returns the number of files uploaded.
     """
     wanted = int(cloud.parameters["MaxWorkers"])
-    deadline = time.monotonic() + DEADLINE
-    uploaded = 0
-    while True:
-        keys = [f"warm/{uploaded + n}.parquet" for n in range(WARM_UP)]
+    uploaded: list[str] = []
+
+    def one_round_brings_every_worker() -> bool:
+        keys = [f"warm/{len(uploaded) + n}.parquet" for n in range(WARM_UP)]
         for n, key in enumerate(keys):
-            frame = train_example.sample_rows(20, seed=uploaded + n)
+            frame = train_example.sample_rows(20, seed=len(uploaded) + n)
             upload_and_deliver(cloud, key, to_parquet(frame), frame, 0)
-        uploaded += len(keys)
+        uploaded.extend(keys)
         wait_reports(cloud, keys, DEADLINE)
-        if seen_within(lambda: len(workers(cloud)) == wanted, 10.0):
-            break
-        if time.monotonic() >= deadline:
-            raise AssertionError(
-                f"{len(workers(cloud))} of {wanted} workers after {uploaded} warm-up files\n"
-                f"{cloud.log_tail()}"
-            )
-    wait_settled(cloud, uploaded)
-    return uploaded
+        return seen_within(lambda: len(workers(cloud)) == wanted, 10.0)
+
+    wait_for(
+        one_round_brings_every_worker,
+        DEADLINE,
+        f"{wanted} workers at once",
+        context=lambda: (
+            f"{len(workers(cloud))} workers after {len(uploaded)} warm-up files\n{cloud.log_tail()}"
+        ),
+    )
+    wait_settled(cloud, len(uploaded))
+    return len(uploaded)
 
 
 def seen_within(condition: Callable[[], bool], seconds: float) -> bool:
     """Whether ``condition()`` holds at some poll within ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.2)
+    try:
+        wait_until(condition, seconds, interval=0.2)
+    except TimeoutError:
+        return False
     return True
 
 

@@ -7,6 +7,7 @@ import time
 import pytest
 
 from service.threads import read_ahead
+from tests.support import wait_for
 
 
 def test_yields_every_item_in_order():
@@ -23,10 +24,8 @@ def test_reads_at_most_depth_items_ahead_of_the_consumer():
 
     items = read_ahead(source(), depth=2)
     assert next(items) == 0
-    deadline = time.monotonic() + 5
-    while len(produced) < 4 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.1)
+    wait_for(lambda: len(produced) >= 4, 5, "the producer to fill the queue", 0.01)
+    time.sleep(0.1)  # a window in which the producer, blocked, must not go further
     # one handed out, two queued, one produced and waiting for room
     assert len(produced) <= 1 + 2 + 1
     items.close()
@@ -58,7 +57,5 @@ def test_closing_early_stops_the_thread_and_closes_the_source():
     assert next(items) == 0
     items.close()
     assert closed.wait(5), "the source was not closed"
-    deadline = time.monotonic() + 5
-    while threading.active_count() > before and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: threading.active_count() <= before, 5, "the read-ahead thread to end", 0.01)
     assert threading.active_count() == before

@@ -1,7 +1,19 @@
+from pathlib import Path
+
 import pytest
 
+from service.__main__ import main
 from service.errors import SettingsError
-from service.settings import ServeSettings, WorkerSettings, load_settings, settings_table
+from service.settings import (
+    TABLE_END,
+    TABLE_START,
+    ServeSettings,
+    WorkerSettings,
+    load_settings,
+    settings_table,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_follow_the_contract():
@@ -59,8 +71,42 @@ def test_worker_reads_booleans_and_numbers():
     assert settings.idle_seconds == 2.5
 
 
-def test_readme_lists_every_setting():
-    readme = (__import__("pathlib").Path(__file__).parents[2] / "README.md").read_text()
-    for line in settings_table().splitlines()[2:]:
-        variable = line.split("|")[1].strip()
-        assert variable in readme, f"{variable} is not documented in the README"
+def readme_settings_block(text: str) -> str:
+    return text.split(TABLE_START, 1)[1].split(TABLE_END, 1)[0].strip("\n")
+
+
+def test_the_readme_settings_table_is_the_generated_one_whole():
+    """Every row, every column: a description, default or variable changed in
+    service/settings.py and not regenerated into the README fails here."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert readme.count(TABLE_START) == 1 and readme.count(TABLE_END) == 1
+    assert readme_settings_block(readme) == settings_table(), (
+        "regenerate it: python -m service settings --readme README.md"
+    )
+
+
+def test_the_table_has_a_row_for_every_setting_of_both_commands():
+    rows = settings_table().splitlines()[2:]
+    variables = [row.split("|")[1].strip().strip("`") for row in rows]
+    names = {*ServeSettings.model_fields, *WorkerSettings.model_fields}
+    assert sorted(variables) == sorted(name.upper() for name in names)
+
+
+def test_settings_readme_rewrites_a_drifted_table_and_keeps_the_rest(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    drifted = settings_table().replace("`8080`", "`9090`")
+    readme.write_text(f"# Title\n\n{TABLE_START}\n{drifted}\n{TABLE_END}\n\nafter\n")
+    assert main(["settings", "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert readme_settings_block(text) == settings_table()
+    assert text.startswith("# Title\n\n") and text.endswith(f"{TABLE_END}\n\nafter\n")
+    assert main(["settings"]) == 0
+    assert capsys.readouterr().out == settings_table() + "\n"
+
+
+def test_settings_readme_without_the_markers_fails_and_writes_nothing(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text("# no table here\n")
+    assert main(["settings", "--readme", str(readme)]) == 2
+    assert "no <!-- generated" in capsys.readouterr().err
+    assert readme.read_text() == "# no table here\n"

@@ -24,6 +24,7 @@ from service.errors import InvalidData
 from service.files import FileFormat
 from service.settings import WorkerSettings, load_settings
 from service.worker import Heartbeat, JsonFormatter, Worker, join_columns, transform_file
+from tests.support import wait_for
 
 REGION = "us-east-1"
 
@@ -257,18 +258,11 @@ class FakeLease:
         self.released += 1
 
 
-def wait_until(condition, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-
-
 def test_heartbeat_extends_visibility_until_stopped():
     lease = FakeLease()
     with Heartbeat(lease, 1, threading.Event()) as beat:
         assert beat.interval == 0.5
-        wait_until(lambda: len(lease.changes) >= 2)
+        wait_for(lambda: len(lease.changes) >= 2, 5, "two visibility changes", 0.02)
     count = len(lease.changes)
     time.sleep(0.6)
     assert len(lease.changes) == count and set(lease.changes) == {1}
@@ -279,7 +273,7 @@ def test_heartbeat_releases_the_message_at_once_on_stop():
     lease, stopping = FakeLease(), threading.Event()
     with Heartbeat(lease, 300, stopping):
         stopping.set()
-        wait_until(lambda: lease.released == 1, timeout=1.0)
+        wait_for(lambda: lease.released == 1, 1, "the lease to be released", 0.02)
     assert lease.changes == []
 
 
@@ -293,7 +287,7 @@ def test_sigterm_sets_the_stop_event_and_handlers_are_restored():
     restore = worker_module.install_stop_handlers(stopping)
     try:
         os.kill(os.getpid(), signal.SIGTERM)
-        wait_until(stopping.is_set, timeout=2)
+        wait_for(stopping.is_set, 2, "the stop event", 0.02)
     finally:
         restore()
     assert signal.getsignal(signal.SIGTERM) == before

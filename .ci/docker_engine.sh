@@ -2,12 +2,12 @@
 # A throwaway Docker engine for the image and compose tests, on machines that have
 # no engine of their own and no reachable image registry (Debian, run as root).
 #
-#   scripts/docker_engine.sh install            apt-get docker.io docker-compose debootstrap if missing
-#   scripts/docker_engine.sh start DIR          start dockerd with its socket, data and state under DIR
-#   scripts/docker_engine.sh base-image         build python:3.11-slim from Debian bookworm (debootstrap)
-#   scripts/docker_engine.sh build-base         a test-only base image that carries pip's CA bundle
-#   scripts/docker_engine.sh stop DIR           stop that dockerd and remove DIR
-#   scripts/docker_engine.sh run -- CMD ARGS    all of the above around CMD, stopping the engine afterwards
+#   .ci/docker_engine.sh install            apt-get docker.io docker-compose debootstrap if missing
+#   .ci/docker_engine.sh start DIR          start dockerd with its socket, data and state under DIR
+#   .ci/docker_engine.sh base-image         build python:3.11-slim from Debian bookworm (debootstrap)
+#   .ci/docker_engine.sh build-base         a test-only base image that carries pip's CA bundle
+#   .ci/docker_engine.sh stop DIR           stop that dockerd and remove DIR
+#   .ci/docker_engine.sh run -- CMD ARGS    all of the above around CMD, stopping the engine afterwards
 #
 # `start` prints DOCKER_HOST=unix://DIR/docker.sock; the other commands read DOCKER_HOST.
 # Environment: BASE_TAG (python:3.11-slim), BUILD_BASE_TAG (model-endpoint-build-base:latest),
