@@ -133,3 +133,29 @@ def test_watch_sorts_changed_paths_by_area(tmp_path):
     paths = [str(tmp_path / "service" / "web.py"), str(tmp_path / "infra" / "stack.yaml"),
              str(tmp_path / "tests" / "x.py"), "/elsewhere/lambda/handler.py"]  # fmt: skip
     assert changed_areas(tmp_path, paths) == {"service", "infra"}
+
+
+def test_a_bundle_under_an_s3_prefix_is_copied_manifest_last():
+    import json
+
+    import boto3
+    from moto import mock_aws
+
+    from localcloud.bundles import bundle_prefix, upload_bundle
+
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        for bucket in ("staging", "models"):
+            s3.create_bucket(Bucket=bucket)
+        manifest = json.dumps({"name": "churn", "version": "4"}).encode()
+        s3.put_object(Bucket="staging", Key="b/manifest.json", Body=manifest)
+        s3.put_object(Bucket="staging", Key="b/model.joblib", Body=b"m")
+        prefix = bundle_prefix(s3, "s3://staging/b")
+        assert prefix == "models/churn/4/"
+        assert upload_bundle(s3, "s3://staging/b", f"s3://models/{prefix}") == 2
+        copied = s3.list_objects_v2(Bucket="models")["Contents"]
+        assert sorted(o["Key"] for o in copied) == [
+            prefix + "manifest.json",
+            prefix + "model.joblib",
+        ]
+        assert s3.get_object(Bucket="models", Key=prefix + "model.joblib")["Body"].read() == b"m"
