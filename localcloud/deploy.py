@@ -374,10 +374,7 @@ def deploy(
         )
     if not given.get("ModelUri"):
         example.start()
-    if CODE_BUCKET_PARAMETER in given and CODE_KEY_PARAMETER in given:
-        code = lambda_zip(settings.lambda_source)
-        upload_lambda_code(s3, given[CODE_BUCKET_PARAMETER], given[CODE_KEY_PARAMETER], code)
-        console.line("localcloud", f"uploaded {settings.lambda_source.name}/ ({len(code)} bytes)")
+    _upload_code(settings, s3, given, console)
     cfn = session.client("cloudformation")
     console.line("localcloud", f"deploying {settings.template.name} as {settings.stack_name}")
     body = Path(settings.template).read_text(encoding="utf-8")
@@ -386,10 +383,7 @@ def deploy(
     )
     kept = store.restore_s3()
     if kept.objects:
-        console.line(
-            "localcloud",
-            f"restored {kept.objects} object(s), {kept.bytes} bytes, from {store.folder}",
-        )
+        console.line("localcloud", f"restored {kept.objects} object(s) from {store.folder}")
     if settings.model:
         upload_bundle(s3, settings.model, given["ModelUri"])
         console.line("localcloud", f"uploaded the bundle {settings.model} to {given['ModelUri']}")
@@ -399,6 +393,15 @@ def deploy(
     ensure_example_model(s3, stack, example, console)
     store.save_stack(stack.name, stack.kept_parameters())
     return stack
+
+
+def _upload_code(
+    settings: LocalCloudSettings, s3: Any, given: Mapping[str, str], console: Console
+) -> None:
+    if CODE_BUCKET_PARAMETER in given and CODE_KEY_PARAMETER in given:
+        code = lambda_zip(settings.lambda_source)
+        upload_lambda_code(s3, given[CODE_BUCKET_PARAMETER], given[CODE_KEY_PARAMETER], code)
+        console.line("localcloud", f"uploaded {settings.lambda_source.name}/ ({len(code)} bytes)")
 
 
 def _bundle_uri(settings: LocalCloudSettings, s3: Any, bucket: str) -> str:
