@@ -61,13 +61,17 @@ class Watcher:
     def _loop(self, folders: list[str]) -> None:
         extra = PythonFilter(extra_extensions=(".yaml", ".yml", ".json"))
         for changes in watch(*folders, watch_filter=extra, stop_event=self._stop, rust_timeout=500):
+            paths = [path for _change, path in changes]
+            params = self.cloud.settings.params
+            edited = any(Path(path).resolve() == params.resolve() for path in paths)
             try:
-                self.reload(changed_areas(self._root, [path for _change, path in changes]))
+                self.reload(changed_areas(self._root, paths), params if edited else None)
             except Exception as exc:  # one failed reload must not end the watch
                 self._say(f"reload failed: {type(exc).__name__}: {exc}")
 
-    def reload(self, areas: set[str]) -> None:
-        """Reload the given areas, in the order code, then template."""
+    def reload(self, areas: set[str], params: Path | None = None) -> None:
+        """Reload the given areas, in the order code, then template (with ``params`` when
+        the cloud's parameter file was edited)."""
         cloud = self.cloud
         stack = cloud.stack
         if stack is None:
@@ -89,7 +93,7 @@ class Watcher:
         if "infra" in areas:
             self._say("infra/ changed: updating the stack")
             try:
-                redeploy(cloud.settings, cloud.session, None, self._say)
+                redeploy(cloud.settings, cloud.session, params, self._say)
             except DeployError as exc:
                 self._say(str(exc))
 
