@@ -97,10 +97,10 @@ def batch_rows() -> int:
 
 
 def transform_locally(source: Path, target: Path, bundle: Any) -> int:
-    """The limit: the worker's own file transform (service.worker.transform_file: read-ahead,
+    """The limit: the worker's own file transform (service.transform.transform_file: read-ahead,
     prepare + predict, write) on local files, nothing else."""
     from service.files import FileFormat
-    from service.worker import transform_file
+    from service.transform import transform_file
 
     return transform_file(
         str(source), FileFormat("parquet"), str(target), bundle, "parquet", batch_rows()
@@ -108,7 +108,7 @@ def transform_locally(source: Path, target: Path, bundle: Any) -> int:
 
 
 def output_key_for(cloud: Cloud, bundle: tuple[str, str], key: str) -> str:
-    return cloud.output_key(bundle, key.rsplit(".", 1)[0] + ".parquet")
+    return cloud.output_key(bundle, key + ".parquet")
 
 
 def model_id(cloud: Cloud) -> tuple[str, str]:

@@ -1,20 +1,25 @@
-"""Batch trigger: S3 uploads become queue messages, and the queue's backlog becomes ECS workers.
+"""Batch trigger: every upload to the input bucket becomes a queue message or a report, and
+the queue's backlog becomes ECS workers.
 
 Entry point ``handler.handler(event, context)``. It accepts an S3 event notification (every
 record), an S3 event delivered through EventBridge ("Object Created"), an EventBridge
-scheduled event, or an empty event. Every invocation ends by reconciling the number of
-worker tasks with the queue's backlog, so a scheduled invocation restarts work that would
-otherwise strand. Only the standard library and boto3 are used, so the same file runs in
-the Lambda runtime and in the local one.
+scheduled event, or an empty event. For each object created in the input bucket it queues
+one job when the name is a supported one (``service.batch_contract.is_triggered``: a
+``TRIGGER_SUFFIXES`` suffix in any letter case, ``.gz`` variants included) and writes a
+``skipped`` report for any other name; objects of other buckets are refused with a log line.
 
-Key suffixes: a key is accepted when, compared case-insensitively, it ends with one of
-``TRIGGER_SUFFIXES`` or with one of them followed by ``.gz`` (``.csv`` accepts
-``a.CSV`` and ``a.csv.gz``).
+Nothing is lost: an object that cannot be queued is parked in the failure queue (the
+asynchronous invocations' on-failure destination), and every invocation first redrives what
+waits there. The handler raises only when an object could be neither queued nor parked, so
+Lambda's retry repeats the event; a scaling failure (RunTask) is logged and counted, never
+raised, so a retry never queues the same objects twice. Every invocation ends by reconciling
+the number of worker tasks with the queue's backlog, so a scheduled invocation restarts
+work that would otherwise strand. Only the standard library, boto3 and the package's copy
+of ``service.batch_contract`` and ``service.jsonlog`` are used.
 """
 
 from __future__ import annotations
 
-import contextvars
 import json
 import logging
 import math
@@ -24,7 +29,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -33,21 +38,36 @@ from urllib.parse import unquote_plus
 
 import boto3
 from botocore.config import Config as BotoConfig
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
-MESSAGE_FIELDS = ("bucket", "key", "etag", "size", "version_id", "event_time")
+from service import jsonlog
+from service.batch_contract import (
+    DEFAULT_OUTPUT_PREFIX,
+    MESSAGE_FIELDS,
+    file_format,
+    is_triggered,
+    job_message,
+    readable_suffixes,
+    report_key,
+    skipped_report,
+    unsupported_reason,
+)
+
+__all__ = ["MESSAGE_FIELDS", "handler"]
+
 SEND_BATCH_LIMIT = 10
 RUN_TASK_LIMIT = 10
 DESCRIBE_TASKS_LIMIT = 100
 SEND_ATTEMPTS = 4
 RETRY_BASE_SECONDS = 0.2
-COMPRESSED_SUFFIX = ".gz"
+REDRIVE_MAX_MESSAGES = 100
+REDRIVE_VISIBILITY_SECONDS = 120
 LAUNCH_TYPES = ("FARGATE", "EC2", "EXTERNAL")
 PUBLIC_IP_CHOICES = ("ENABLED", "DISABLED")
 STARTED_BY_PATTERN = re.compile(r"[A-Za-z0-9_/-]{1,128}")
+PARKED_CONDITION = "NotQueued"
 
 log = logging.getLogger("batch_trigger")
-_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
 
 class ConfigError(ValueError):
@@ -55,33 +75,14 @@ class ConfigError(ValueError):
 
 
 class QueueError(RuntimeError):
-    """Some objects could not be queued; raising makes Lambda redeliver the whole event."""
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line, so CloudWatch Logs Insights can filter on every field."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "message": record.getMessage(),
-        }
-        request_id = _request_id.get()
-        if request_id:
-            entry["request_id"] = request_id
-        entry.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            entry["error"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
+    """Some objects could be neither queued nor parked; raising makes Lambda redeliver the
+    whole event."""
 
 
 def _setup_logging() -> None:
     """Log JSON to stdout and keep the runtime's own root handler from printing it twice."""
     if not log.handlers:
-        stream = logging.StreamHandler(sys.stdout)
-        stream.setFormatter(JsonFormatter())
-        log.addHandler(stream)
+        log.addHandler(jsonlog.json_handler(sys.stdout))
     log.setLevel(logging.INFO)
     log.propagate = False
 
@@ -89,12 +90,12 @@ def _setup_logging() -> None:
 _setup_logging()
 
 
-def _info(message: str, **fields: Any) -> None:
-    log.info(message, extra={"fields": fields})
+def _info(event: str, **fields: Any) -> None:
+    jsonlog.log_event(log, logging.INFO, event, **fields)
 
 
-def _warning(message: str, **fields: Any) -> None:
-    log.warning(message, extra={"fields": fields})
+def _warning(event: str, **fields: Any) -> None:
+    jsonlog.log_event(log, logging.WARNING, event, **fields)
 
 
 # --- configuration ------------------------------------------------------------------------
@@ -105,6 +106,10 @@ class Config:
     """The function's environment, validated once per container."""
 
     job_queue_url: str
+    failure_queue_url: str
+    input_bucket: str
+    output_bucket: str
+    output_prefix: str
     cluster_name: str
     task_definition: str
     worker_container: str
@@ -174,6 +179,13 @@ def _suffixes(env: Mapping[str, str], name: str, default: str) -> tuple[str, ...
     suffixes = tuple(item.strip().lower() for item in raw.split(","))
     if any(len(item) < 2 or not item.startswith(".") or "/" in item for item in suffixes):
         raise ConfigError(f"{name}={raw!r} is invalid; accepts {accepts}")
+    unreadable = [item for item in suffixes if file_format("x" + item) is None]
+    if unreadable:
+        readable = ", ".join(readable_suffixes())
+        raise ConfigError(
+            f"{name}={raw!r} names {', '.join(unreadable)}, which the worker cannot read; "
+            f"accepts suffixes among {readable}"
+        )
     return suffixes
 
 
@@ -192,6 +204,10 @@ TASK_DEFINITION_FORMS = "the worker task definition's family, family:revision or
 
 _ENVIRONMENT: dict[str, Callable[[Mapping[str, str]], Any]] = {
     "job_queue_url": lambda env: _required(env, "JOB_QUEUE_URL", "the URL of the job queue"),
+    "failure_queue_url": lambda env: env.get("FAILURE_QUEUE_URL", "").strip(),
+    "input_bucket": lambda env: _required(env, "INPUT_BUCKET", "the input bucket's name"),
+    "output_bucket": lambda env: _required(env, "OUTPUT_BUCKET", "the output bucket's name"),
+    "output_prefix": lambda env: env.get("OUTPUT_PREFIX", DEFAULT_OUTPUT_PREFIX).strip().strip("/"),
     "cluster_name": lambda env: _required(env, "CLUSTER_NAME", "an ECS cluster name or ARN"),
     "task_definition": lambda env: _required(env, "TASK_DEFINITION", TASK_DEFINITION_FORMS),
     "worker_container": lambda env: env.get("WORKER_CONTAINER", "").strip() or "worker",
@@ -278,10 +294,11 @@ class S3Object:
         size: Any,
         version_id: Any,
         event_time: Any,
+        encoded: bool = True,
     ) -> S3Object:
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise RecordError(f"object size {size!r} is not a whole number")
-        key = unquote_plus(str(encoded_key))
+        key = unquote_plus(str(encoded_key)) if encoded else str(encoded_key or "")
         if not key:
             raise RecordError("empty object key")
         return cls(
@@ -295,7 +312,24 @@ class S3Object:
 
     def message(self) -> dict[str, Any]:
         """The queue message body (contract: exactly MESSAGE_FIELDS)."""
-        return {name: getattr(self, name) for name in MESSAGE_FIELDS}
+        return job_message(
+            self.bucket, self.key, self.etag, self.size, self.version_id, self.event_time
+        )
+
+    @classmethod
+    def from_message(cls, body: Mapping[str, Any]) -> S3Object:
+        """A job message parked in the failure queue, read back."""
+        if not isinstance(body, Mapping):
+            raise RecordError("a parked job is not a JSON object")
+        return cls._build(
+            bucket=body.get("bucket"),
+            encoded_key=body.get("key"),
+            etag=body.get("etag"),
+            size=body.get("size"),
+            version_id=body.get("version_id"),
+            event_time=body.get("event_time"),
+            encoded=False,
+        )
 
 
 def _field(container: Any, name: str) -> Any:
@@ -306,32 +340,23 @@ def _field(container: Any, name: str) -> Any:
 
 @dataclass(frozen=True)
 class ParsedEvent:
-    """What an invocation has to queue, and how many records it set aside."""
+    """The objects an event announces as created, and how many records it set aside."""
 
     kind: str
     records: int
     objects: tuple[S3Object, ...]
-    skipped: int
+    malformed: int
 
 
-def key_matches(key: str, suffixes: Iterable[str]) -> bool:
-    """True when the key ends with a suffix, or a suffix plus .gz, in any letter case."""
-    lowered = key.lower()
-    return any(
-        lowered.endswith(suffix) or lowered.endswith(suffix + COMPRESSED_SUFFIX)
-        for suffix in suffixes
-    )
-
-
-def parse_event(event: Any, suffixes: Sequence[str]) -> ParsedEvent:
-    """Turn any accepted event shape into the objects to queue; unknown shapes only rescale."""
+def parse_event(event: Any) -> ParsedEvent:
+    """Turn any accepted event shape into the created objects; unknown shapes only rescale."""
     if isinstance(event, Mapping) and isinstance(event.get("Records"), list):
-        return _parse_notification(event["Records"], suffixes)
+        return _parse_notification(event["Records"])
     if isinstance(event, Mapping) and event.get("Event") == "s3:TestEvent":
         _info("ignored S3 test event", bucket=event.get("Bucket"))
         return ParsedEvent("s3-test", 0, (), 0)
     if isinstance(event, Mapping) and event.get("source") == "aws.s3":
-        return _parse_eventbridge(event, suffixes)
+        return _parse_eventbridge(event)
     if isinstance(event, Mapping) and event.get("detail-type") == "Scheduled Event":
         return ParsedEvent("schedule", 0, (), 0)
     if event:
@@ -340,43 +365,116 @@ def parse_event(event: Any, suffixes: Sequence[str]) -> ParsedEvent:
     return ParsedEvent("manual", 0, (), 0)
 
 
-def _parse_notification(records: list[Any], suffixes: Sequence[str]) -> ParsedEvent:
+def _parse_notification(records: list[Any]) -> ParsedEvent:
     objects: list[S3Object] = []
     for index, record in enumerate(records):
         name = record.get("eventName", "") if isinstance(record, Mapping) else ""
         if not str(name).startswith("ObjectCreated:"):
             _warning("skipped record: not an ObjectCreated event", index=index, event_name=name)
             continue
-        found = _accept(S3Object.from_notification, record, index, suffixes)
+        found = _accept(S3Object.from_notification, record, index)
         if found:
             objects.append(found)
     return ParsedEvent("s3", len(records), tuple(objects), len(records) - len(objects))
 
 
-def _parse_eventbridge(event: Mapping[str, Any], suffixes: Sequence[str]) -> ParsedEvent:
+def _parse_eventbridge(event: Mapping[str, Any]) -> ParsedEvent:
     if event.get("detail-type") != "Object Created":
         _warning("skipped S3 EventBridge event", detail_type=event.get("detail-type"))
         return ParsedEvent("eventbridge-s3", 1, (), 1)
-    found = _accept(S3Object.from_eventbridge, event, 0, suffixes)
+    found = _accept(S3Object.from_eventbridge, event, 0)
     return ParsedEvent("eventbridge-s3", 1, (found,) if found else (), 0 if found else 1)
 
 
 def _accept(
-    parse: Callable[[Mapping[str, Any]], S3Object],
-    source: Mapping[str, Any],
-    index: int,
-    suffixes: Sequence[str],
+    parse: Callable[[Mapping[str, Any]], S3Object], source: Mapping[str, Any], index: int
 ) -> S3Object | None:
     """Parse one record; a broken one is logged and skipped so it never costs the others."""
     try:
-        found = parse(source)
+        return parse(source)
     except RecordError as error:
         _warning("skipped record: malformed", index=index, reason=str(error))
         return None
-    if not key_matches(found.key, suffixes):
-        _info("skipped record: suffix not configured", bucket=found.bucket, key=found.key)
-        return None
-    return found
+
+
+# --- settling each object: a job, a skipped report, or a refusal ----------------------------
+
+
+@dataclass
+class Settled:
+    """What became of an invocation's objects."""
+
+    queued: int = 0
+    skipped: int = 0
+    refused: int = 0
+    parked: int = 0
+
+
+def settle(config: Config, objects: Sequence[S3Object]) -> tuple[Settled, list[S3Object]]:
+    """Queue the supported objects of the input bucket and report the others as skipped;
+    returns the tally and the objects that could be neither queued nor reported."""
+    tally = Settled()
+    ours = [found for found in objects if _ours(config, found)]
+    tally.refused = len(objects) - len(ours)
+    wanted = [found for found in ours if is_triggered(found.key, config.trigger_suffixes)]
+    unsettled = queue_objects(config, wanted)
+    tally.queued = len(wanted) - len(unsettled)
+    for found in ours:
+        if is_triggered(found.key, config.trigger_suffixes):
+            continue
+        if write_skipped(config, found):
+            tally.skipped += 1
+        else:
+            unsettled.append(found)
+    return tally, unsettled
+
+
+def _ours(config: Config, found: S3Object) -> bool:
+    if found.bucket == config.input_bucket:
+        return True
+    _warning("refused object of another bucket", bucket=found.bucket, key=found.key)
+    return False
+
+
+def write_skipped(config: Config, found: S3Object) -> bool:
+    """The ``skipped`` report of a name no job is started for; False if it was not written."""
+    reason = unsupported_reason(found.key, config.trigger_suffixes)
+    report = skipped_report(found.bucket, found.key, found.etag, found.version_id, reason)
+    try:
+        client("s3").put_object(
+            Bucket=config.output_bucket,
+            Key=report_key(config.output_prefix, found.key),
+            Body=report.to_json(),
+            ContentType="application/json",
+        )
+    except (ClientError, BotoCoreError) as error:
+        _warning("skipped report not written", key=found.key, reason=str(error))
+        return False
+    _info("skipped", bucket=found.bucket, key=found.key, reason=reason)
+    return True
+
+
+def park(config: Config, unsettled: Sequence[S3Object]) -> None:
+    """Put objects that could not be settled in the failure queue, in the shape of a Lambda
+    destination record, for the next invocation's redrive; QueueError if that fails too."""
+    keys = ", ".join(f"s3://{found.bucket}/{found.key}" for found in unsettled)
+    record = {
+        "version": "1.0",
+        "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "requestContext": {"condition": PARKED_CONDITION, "approximateInvokeCount": 1},
+        "requestPayload": {"jobs": [found.message() for found in unsettled]},
+    }
+    if not config.failure_queue_url:
+        raise QueueError(f"{len(unsettled)} object(s) could not be queued: {keys}")
+    try:
+        client("sqs").send_message(
+            QueueUrl=config.failure_queue_url, MessageBody=json.dumps(record)
+        )
+    except (ClientError, BotoCoreError) as error:
+        raise QueueError(
+            f"{len(unsettled)} object(s) could be neither queued nor parked ({error}): {keys}"
+        ) from error
+    _warning("parked in the failure queue", objects=len(unsettled), keys=keys)
 
 
 # --- queue ----------------------------------------------------------------------------------
@@ -391,23 +489,27 @@ def queue_objects(config: Config, objects: Sequence[S3Object]) -> list[S3Object]
 
 
 def _send_batch(config: Config, batch: Sequence[S3Object]) -> list[S3Object]:
-    """Retry the entries SQS reports as failed, with jittered backoff, a few times."""
+    """Retry the entries SQS reports as failed, with jittered backoff, a few times; a queue
+    that cannot be reached at all leaves the whole batch unsent."""
     pending = {str(index): found for index, found in enumerate(batch)}
     for attempt in range(SEND_ATTEMPTS):
         if attempt:
             time.sleep(RETRY_BASE_SECONDS * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
-        response = client("sqs").send_message_batch(
-            QueueUrl=config.job_queue_url,
-            Entries=[
-                {"Id": entry_id, "MessageBody": json.dumps(found.message())}
-                for entry_id, found in pending.items()
-            ],
-        )
+        try:
+            response = client("sqs").send_message_batch(
+                QueueUrl=config.job_queue_url,
+                Entries=[
+                    {"Id": entry_id, "MessageBody": json.dumps(found.message())}
+                    for entry_id, found in pending.items()
+                ],
+            )
+        except (ClientError, BotoCoreError) as error:
+            _warning("queue unreachable", attempt=attempt + 1, reason=str(error))
+            continue
         for sent in response.get("Successful", []):
             found = pending.pop(sent["Id"])
             _info("queued", bucket=found.bucket, key=found.key, etag=found.etag, size=found.size)
-        retryable = _log_failures(response.get("Failed", []), pending)
-        if not retryable:
+        if not _log_failures(response.get("Failed", []), pending):
             break
     return list(pending.values())
 
@@ -425,6 +527,69 @@ def _log_failures(failures: list[dict[str, Any]], pending: dict[str, S3Object]) 
             sender_fault=failure.get("SenderFault"),
         )
     return any(not failure.get("SenderFault") for failure in failures)
+
+
+# --- redrive --------------------------------------------------------------------------------
+
+
+def redrive(config: Config) -> Settled:
+    """Settle what waits in the failure queue (events whose invocations kept failing, objects
+    parked): a record leaves the queue once all of its objects are queued or reported."""
+    total = Settled()
+    if not config.failure_queue_url:
+        return total
+    for _ in range(0, REDRIVE_MAX_MESSAGES, SEND_BATCH_LIMIT):
+        messages = (
+            client("sqs")
+            .receive_message(
+                QueueUrl=config.failure_queue_url,
+                MaxNumberOfMessages=SEND_BATCH_LIMIT,
+                VisibilityTimeout=REDRIVE_VISIBILITY_SECONDS,
+                WaitTimeSeconds=0,
+            )
+            .get("Messages", [])
+        )
+        for message in messages:
+            _add(total, _redrive_one(config, message))
+        if not messages:
+            break
+    return total
+
+
+def _redrive_one(config: Config, message: Mapping[str, Any]) -> Settled:
+    objects = failed_objects(message.get("Body", ""))
+    tally, unsettled = settle(config, objects)
+    if unsettled:
+        _warning("redrive incomplete; kept for the next run", left=len(unsettled))
+        return tally
+    client("sqs").delete_message(
+        QueueUrl=config.failure_queue_url, ReceiptHandle=message["ReceiptHandle"]
+    )
+    _info("redriven", objects=len(objects), queued=tally.queued, skipped=tally.skipped)
+    return tally
+
+
+def failed_objects(body: str) -> list[S3Object]:
+    """The objects of a failure-queue message: a Lambda destination record whose
+    ``requestPayload`` is the original event, or objects this function parked."""
+    try:
+        record = json.loads(body)
+    except ValueError:
+        _warning("unreadable failure record dropped", body=body[:300])
+        return []
+    payload = record.get("requestPayload") if isinstance(record, Mapping) else None
+    if isinstance(payload, Mapping) and isinstance(payload.get("jobs"), list):
+        return [
+            found
+            for index, item in enumerate(payload["jobs"])
+            if (found := _accept(S3Object.from_message, item, index))
+        ]
+    return list(parse_event(payload).objects)
+
+
+def _add(total: Settled, part: Settled) -> None:
+    for name in ("queued", "skipped", "refused", "parked"):
+        setattr(total, name, getattr(total, name) + getattr(part, name))
 
 
 # --- scaling --------------------------------------------------------------------------------
@@ -564,29 +729,52 @@ def trim_surplus(config: Config, running: Sequence[WorkerTask]) -> int:
 
 
 def handler(event: Any, context: Any) -> dict[str, Any]:
-    """Queue every accepted object, rescale the workers, and report what was done."""
+    """Redrive the failure queue, settle every created object, rescale the workers, and
+    report what was done (objects parked now wait for the next invocation)."""
     config = load_config()
-    token = _request_id.set(getattr(context, "aws_request_id", None))
+    token = jsonlog.request_id.set(getattr(context, "aws_request_id", None))
     try:
-        parsed = parse_event(event, config.trigger_suffixes)
-        failed = queue_objects(config, parsed.objects)
-        queued = len(parsed.objects) - len(failed)
-        scale = rescale(config, queued)
+        redriven = _redrive_safely(config)
+        parsed = parse_event(event)
+        tally, unsettled = settle(config, parsed.objects)
+        if unsettled:
+            park(config, unsettled)
+            tally.parked = len(unsettled)
         summary = {
             "event": parsed.kind,
             "records": parsed.records,
-            "queued": queued,
-            "skipped": parsed.skipped,
-            "failed": len(failed),
-            "backlog": scale.backlog,
-            "running": scale.running,
-            "started": scale.started,
-            "stopped": scale.stopped,
+            "malformed": parsed.malformed,
+            **{name: getattr(tally, name) for name in ("queued", "skipped", "refused", "parked")},
+            "redriven": redriven.queued + redriven.skipped,
+            **_rescale_safely(config, tally.queued + redriven.queued),
         }
-        _info("summary", **summary)
-        if failed:
-            keys = ", ".join(f"s3://{found.bucket}/{found.key}" for found in failed)
-            raise QueueError(f"{len(failed)} object(s) could not be queued: {keys}")
+        _info("summary", source=parsed.kind, **{k: v for k, v in summary.items() if k != "event"})
         return summary
     finally:
-        _request_id.reset(token)
+        jsonlog.request_id.reset(token)
+
+
+def _redrive_safely(config: Config) -> Settled:
+    """A failure queue that cannot be read now is read by the next invocation."""
+    try:
+        return redrive(config)
+    except (ClientError, BotoCoreError) as error:
+        _warning("redrive failed; left to the next run", reason=str(error))
+        return Settled()
+
+
+def _rescale_safely(config: Config, queued: int) -> dict[str, int]:
+    """Scaling errors are logged and counted, never raised: raising would make Lambda retry
+    the event and queue its objects again; the next scheduled run scales instead."""
+    try:
+        scale = rescale(config, queued)
+    except (ClientError, BotoCoreError) as error:
+        _warning("rescale failed; left to the next scheduled run", reason=str(error))
+        return {"backlog": queued, "running": 0, "started": 0, "stopped": 0, "scale_failed": 1}
+    return {
+        "backlog": scale.backlog,
+        "running": scale.running,
+        "started": scale.started,
+        "stopped": scale.stopped,
+        "scale_failed": 0,
+    }

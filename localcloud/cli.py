@@ -90,6 +90,14 @@ def _add_options(command: argparse.ArgumentParser, defaults: LocalCloudSettings)
         default=1.0,
         help="multiply the Lambda retry delays of asynchronous invocations (60 s, 120 s)",
     )
+    command.add_argument(
+        "--fault-drop-events",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="fault injection: fail every attempt of this fraction of asynchronous Lambda "
+        "events, so they reach the on-failure destination (reliability tests)",
+    )
     command.add_argument("--state-dir", type=Path, default=defaults.state_dir)
     command.add_argument("--verbose", action="store_true", help="also log every AWS API request")
 
@@ -119,6 +127,7 @@ def settings_from(args: argparse.Namespace) -> LocalCloudSettings:
         watch=getattr(args, "watch", False),
         schedule_scale=args.schedule_scale,
         retry_delays=tuple(d * args.retry_scale for d in defaults.retry_delays),
+        fault_drop_events=args.fault_drop_events,
         state_dir=args.state_dir.resolve(),
         verbose=args.verbose,
     )

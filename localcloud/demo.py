@@ -26,8 +26,8 @@ from localcloud.console import Console
 from localcloud.deploy import DeployedStack
 from localcloud.settings import LocalCloudSettings
 from localcloud.waiting import wait_until
-from service.batch import OUTPUT_CONTENT_TYPES, SUCCEEDED
-from service.batch_contract import report_key
+from service.batch import OUTPUT_CONTENT_TYPES
+from service.batch_contract import SUCCEEDED, report_key
 from service.codecs import JSON, PARQUET, decode, encode_parquet
 from service.files import file_format
 

@@ -228,6 +228,28 @@ def dropped_calls(
     return calls
 
 
+def event_invoke_configs(template: Mapping[str, Any], context: Context) -> list[dict[str, Any]]:
+    """``put_function_event_invoke_config`` arguments for each ``AWS::Lambda::EventInvokeConfig``
+    (retries, maximum event age, on-failure destination): moto's CloudFormation skips the
+    type, and the resource's properties are the API's own names."""
+    configs = []
+    for resource in template["Resources"].values():
+        condition = resource.get("Condition")
+        if condition and not context.conditions.get(condition, False):
+            continue
+        if resource.get("Type") == "AWS::Lambda::EventInvokeConfig":
+            configs.append(resolve(resource.get("Properties", {}), context))
+    return configs
+
+
+def apply_event_invoke_configs(
+    lambda_client: Any, template: Mapping[str, Any], context: Context, console: Console
+) -> None:
+    for config in event_invoke_configs(template, context):
+        lambda_client.put_function_event_invoke_config(**config)
+        console.line("localcloud", f"applied the event invoke config of {config['FunctionName']}")
+
+
 def apply_dropped(s3: Any, calls: list[tuple[str, dict[str, Any]]], console: Console) -> None:
     for method, args in calls:
         getattr(s3, method)(**args)
@@ -387,9 +409,9 @@ def deploy(
     if settings.model:
         upload_bundle(s3, settings.model, given["ModelUri"])
         console.line("localcloud", f"uploaded the bundle {settings.model} to {given['ModelUri']}")
-    apply_dropped(
-        s3, dropped_calls(template, stack_context(settings, cfn, template, stack)), console
-    )
+    context = stack_context(settings, cfn, template, stack)
+    apply_dropped(s3, dropped_calls(template, context), console)
+    apply_event_invoke_configs(session.client("lambda"), template, context, console)
     ensure_example_model(s3, stack, example, console)
     store.save_stack(stack.name, stack.kept_parameters())
     return stack

@@ -6,7 +6,10 @@ the Invoke API calls it with the HTTP request's headers, and moto's own event so
 (S3 notifications, SNS, EventBridge, CloudWatch Logs) call it with an empty dict. While the
 runtime is started, that method is replaced by one that runs the code in a Python subprocess,
 synchronously for ``RequestResponse`` and in the background for ``Event`` and for moto's
-event sources (asynchronous on AWS too), with AWS's retries.
+event sources (asynchronous on AWS too), with AWS's retries; an event that still fails, or
+waits past the function's maximum event age, goes to its on-failure destination
+(``localcloud.destinations``). ``fault_drop_events`` (``--fault-drop-events``) fails every
+attempt of that fraction of asynchronous events, for the reliability tests.
 
 As on AWS, a process (an execution environment) serves one invocation at a time and stays
 warm for the next invocation of the same code and configuration: the pool grows with
@@ -38,6 +41,7 @@ from typing import Any
 from moto.awslambda.exceptions import LambdaClientError
 from moto.awslambda.models import LambdaFunction
 
+from localcloud import destinations
 from localcloud.bootstrap import INIT_ERRORS, RESULT_MARK
 from localcloud.console import Console
 from localcloud.cwlogs import LogStreamWriter
@@ -82,6 +86,7 @@ class _Pending:
     event: bytes = field(compare=False)
     request_id: str = field(compare=False)
     attempt: int = field(default=0, compare=False)
+    received: float = field(default_factory=time.monotonic, compare=False)
 
 
 def invocation_type(headers: Mapping[str, str] | None) -> str:
@@ -191,7 +196,7 @@ class LambdaRuntime:
     def invoke_async(self, fn: LambdaFunction, event: bytes) -> str:
         """Queue an event (S3, schedule, ``Event`` invoke); return its request id."""
         request_id = str(uuid.uuid4())
-        self._enqueue(fn, event or b"{}", request_id, attempt=0, delay=0.0)
+        self._enqueue(_Pending(0.0, 0, fn, event or b"{}", request_id), delay=0.0)
         return request_id
 
     def running(self, function_name: str) -> int:
@@ -210,15 +215,14 @@ class LambdaRuntime:
                 self._cond.wait(min(remaining, 0.5))
         return True
 
-    def _enqueue(
-        self, fn: LambdaFunction, event: bytes, request_id: str, attempt: int, delay: float
-    ) -> None:
+    def _enqueue(self, job: _Pending, delay: float) -> None:
+        """Queue an event (or its retry: the same request id and receipt time)."""
         with self._cond:
             if self._stopping:
                 return
             self._seq += 1
-            due = time.monotonic() + delay
-            self._pending.append(_Pending(due, self._seq, fn, event, request_id, attempt))
+            job.due, job.seq = time.monotonic() + delay, self._seq
+            self._pending.append(job)
             self._cond.notify_all()
 
     def _limit(self, fn: LambdaFunction) -> int:
@@ -238,6 +242,8 @@ class LambdaRuntime:
                 expired = self._take_expired()
                 if expired:
                     threading.Thread(target=_close_all, args=(expired,), daemon=True).start()
+                for job in self._take_too_old():
+                    self._give_up(job, destinations.EVENT_AGE_EXCEEDED)
                 job = self._take_ready()
                 if job is None:
                     self._cond.wait(self._next_wake())
@@ -258,6 +264,20 @@ class LambdaRuntime:
                 return job
         return None
 
+    def _take_too_old(self) -> list[_Pending]:
+        """Events that waited (throttled or between retries) past the function's
+        MaximumEventAgeInSeconds; called with the lock held."""
+        now = time.monotonic()
+        old = [
+            job
+            for job in self._pending
+            if now - job.received
+            > destinations.invoke_config(job.function).get("MaximumEventAgeInSeconds", 21600)
+        ]
+        for job in old:
+            self._pending.remove(job)
+        return old
+
     def _next_wake(self) -> float:
         """Seconds until a queued retry is due; at most 1 s, as concurrency may change."""
         now = time.monotonic()
@@ -267,31 +287,61 @@ class LambdaRuntime:
     def _run_async(self, job: _Pending) -> None:
         fn = job.function
         try:
-            result = self._execute(fn, job.event, job.request_id)
+            if destinations.dropped_by_fault(job.request_id, self.settings.fault_drop_events):
+                result = self._injected_failure(job)
+            else:
+                result = self._execute(fn, job.event, job.request_id)
             if result.errored and not self._stopping:
-                self._retry_or_give_up(job)
+                self._retry_or_give_up(job, result)
         finally:
             self._release(_function_key(fn))
             self._threads.discard(threading.current_thread())
 
-    def _retry_or_give_up(self, job: _Pending) -> None:
-        """AWS's asynchronous retry policy: a few more attempts, with growing delays."""
+    def _injected_failure(self, job: _Pending) -> InvocationResult:
+        """The fault hook: this attempt fails as if the environment had crashed."""
+        name = f"lambda:{job.function.function_name}"
+        self._console.line(name, f"fault: event {job.request_id} attempt {job.attempt + 1} failed")
+        error = {"errorType": "Runtime.ExitError", "errorMessage": "fault injected"}
+        return InvocationResult(json.dumps(error).encode("utf-8"), error["errorType"], "")
+
+    def _retry_or_give_up(self, job: _Pending, result: InvocationResult) -> None:
+        """AWS's asynchronous retry policy: a few more attempts, with growing delays, then
+        the on-failure destination."""
         name = f"lambda:{job.function.function_name}"
         retries = self._max_retries(job.function)
         if job.attempt >= retries:
             self._console.line(name, f"event {job.request_id} failed {job.attempt + 1} time(s)")
+            self._give_up(job, destinations.RETRIES_EXHAUSTED, json.loads(result.payload))
             return
         delays = self.settings.retry_delays or (0.0,)
         delay = delays[min(job.attempt, len(delays) - 1)]
         self._console.line(name, f"retry {job.attempt + 1} of {retries} in {delay:g} s")
-        self._enqueue(job.function, job.event, job.request_id, job.attempt + 1, delay)
+        job.attempt += 1
+        self._enqueue(job, delay)
+
+    def _give_up(self, job: _Pending, condition: str, error: Any = None) -> None:
+        """Send the event's record to the on-failure destination, if the function has one;
+        without one the event is dropped, as on AWS."""
+        name = f"lambda:{job.function.function_name}"
+        arn = destinations.on_failure_arn(job.function)
+        if arn is None:
+            self._console.line(name, f"event {job.request_id} dropped ({condition})")
+            return
+        attempts = job.attempt + 1 if condition == destinations.RETRIES_EXHAUSTED else job.attempt
+        record = destinations.failure_record(
+            job.function, job.event, job.request_id, condition, attempts, error
+        )
+        try:
+            destinations.deliver(arn, record)
+        except Exception as exc:
+            self._console.line(name, f"event {job.request_id} lost: destination failed: {exc}")
+            return
+        self._console.line(name, f"event {job.request_id} sent to {arn} ({condition})")
 
     @staticmethod
     def _max_retries(fn: LambdaFunction) -> int:
-        configs = getattr(fn, "event_invoke_config", None) or []
-        if configs:
-            return int(configs[-1].config.get("MaximumRetryAttempts", DEFAULT_MAX_RETRIES))
-        return DEFAULT_MAX_RETRIES
+        config = destinations.invoke_config(fn)
+        return int(config.get("MaximumRetryAttempts", DEFAULT_MAX_RETRIES))
 
     def _execute(self, fn: LambdaFunction, event: bytes, request_id: str) -> InvocationResult:
         """One invocation, in an idle warm environment of the function or a new one."""

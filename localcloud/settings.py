@@ -38,6 +38,8 @@ class LocalCloudSettings:
     state_dir: Path = REPO_ROOT / ".localcloud"
     schedule_scale: float = 1.0
     retry_delays: tuple[float, ...] = AWS_ASYNC_RETRY_DELAYS
+    # Fault injection: this fraction of asynchronous Lambda events fails every attempt.
+    fault_drop_events: float = 0.0
     lambda_max_concurrency: int = 10
     # A warm Lambda environment (process) idle this long ends, as AWS recycles idle ones.
     lambda_idle_seconds: float = 300.0

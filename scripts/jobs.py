@@ -2,23 +2,27 @@
 
     python scripts/jobs.py                              # stack model-endpoint-local, last 24 h
     python scripts/jobs.py --stack my-stack --since 2d --json
+    python scripts/jobs.py --requeue-missing --since 6h  # what would be queued again (dry run)
+    python scripts/jobs.py --requeue-missing --since 6h --apply
 
 Works unchanged against the local cloud (AWS_ENDPOINT_URL=http://127.0.0.1:4566) and AWS.
-Nothing is received from the queues, so looking never changes what the workers do.
+Listing never receives from the queues, so looking never changes what the workers do.
 
-How a file's state is derived (a file is an object in the input bucket whose key ends with
-one of the stack's TriggerSuffixes, or any key that has a report):
+Every object uploaded to the input bucket (under InputPrefix) gets a report. How a file's
+state is derived:
 
-- succeeded / failed: its report (<OutputPrefix>/_reports/<key>.json) was written after the
-  upload and is for the object's current ETag; shown when the report is within --since. A file that keeps crashing also has a `failed` report (error internal_error)
-  and, after maxReceiveCount receives, its message is in the dead-letter queue.
+- succeeded / failed / skipped: its report (<OutputPrefix>/_reports/<key>.json) was written
+  after the upload and is for the object's current ETag; shown when the report is within
+  --since. `skipped` is a name no job is started for (the message says which names are);
+  a file that keeps crashing has a `failed` report (error internal_error) and, after
+  maxReceiveCount receives, its message is in the dead-letter queue.
 - in work / queued: no report for the current ETag yet. SQS does not tell which message is in
   flight without receiving it, so the files are ordered by upload time and the oldest
   "messages in flight" (ApproximateNumberOfMessagesNotVisible) of them are shown as in work,
   the next "messages visible" as queued: approximate, like the counts themselves. Pending
   files are shown whatever their age.
-- no message: pending files beyond the queue's counts (e.g. the upload's suffix is not a
-  trigger suffix, or the message was dead-lettered before any report could be written).
+- no message: pending files beyond the queue's counts (e.g. an event lost in an outage, or a
+  message dead-lettered before any report could be written): --requeue-missing queues them.
 """
 
 from __future__ import annotations
@@ -27,22 +31,35 @@ import argparse
 import json
 import re
 import sys
+import unicodedata
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import boto3
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+from service.accounting import queue_jobs, unreported_inputs  # noqa: E402
+from service.accounting import report_times as list_report_times  # noqa: E402
+from service.batch_contract import (  # noqa: E402
+    DEFAULT_OUTPUT_PREFIX,
+    REPORT_SUFFIX,
+    bare_etag,
+    reports_folder,
+)
+
 DEFAULT_STACK = "model-endpoint-local"
 DEFAULT_SINCE = "24h"
-DEFAULT_PREFIX = "predictions"
-DEFAULT_SUFFIXES = ".parquet,.csv,.jsonl"
-REPORTS_FOLDER = "_reports"
-REPORT_SUFFIX = ".json"
-STATES = ("in work", "queued", "no message", "failed", "succeeded")
+DEFAULT_REQUEUE_LIMIT = 1000
+STATES = ("in work", "queued", "no message", "failed", "skipped", "succeeded")
 COLUMNS = ("key", "state", "rows", "seconds", "model", "finished", "message")
+MESSAGE_WIDTH = 80
+NO_MESSAGE = "no report and beyond the queue's counts: queue it with --requeue-missing"
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
@@ -70,6 +87,7 @@ class JobRow:
     finished_at: str | None = None
     uploaded_at: str | None = None
     message: str | None = None
+    model_name: str | None = None
 
 
 def parse_since(text: str) -> timedelta:
@@ -78,10 +96,6 @@ def parse_since(text: str) -> timedelta:
     if not match:
         raise argparse.ArgumentTypeError(f"{text!r}: use a number and s, m, h, d or w (e.g. 1h)")
     return timedelta(**{UNITS[match.group(2)]: float(match.group(1))})
-
-
-def bare_etag(etag: str | None) -> str:
-    return (etag or "").strip().strip('"')
 
 
 def derive_rows(
@@ -110,24 +124,32 @@ def derive_rows(
             rows.append(_from_report(key, report, obj))
         else:
             pending.append(obj)
-    for key, report in reports.items():
-        if key not in listed:
-            rows.append(_from_report(key, report, None))
-    pending.sort(key=lambda obj: obj.last_modified)
-    for index, obj in enumerate(pending):
+    rows += [
+        _from_report(key, report, None) for key, report in reports.items() if key not in listed
+    ]
+    rows += _pending_rows(pending, counts)
+    rows.sort(key=lambda row: (STATES.index(row.state) if row.state in STATES else 0, row.key))
+    return rows
+
+
+def _pending_rows(pending: list[InputObject], counts: QueueCounts) -> list[JobRow]:
+    """Oldest first: the in-flight count are in work, the visible count queued, the rest
+    have no message."""
+    rows = []
+    for index, obj in enumerate(sorted(pending, key=lambda obj: obj.last_modified)):
+        message = None
         if index < counts.in_flight:
             state = "in work"
         elif index < counts.in_flight + counts.visible:
             state = "queued"
         else:
-            state = "no message"
-        rows.append(JobRow(obj.key, state, uploaded_at=_iso(obj.last_modified)))
-    rows.sort(key=lambda row: (STATES.index(row.state) if row.state in STATES else 0, row.key))
+            state, message = "no message", NO_MESSAGE
+        rows.append(JobRow(obj.key, state, uploaded_at=_iso(obj.last_modified), message=message))
     return rows
 
 
 def _from_report(key: str, report: dict[str, Any], obj: InputObject | None) -> JobRow:
-    message = report.get("message") if report.get("status") != "succeeded" else None
+    message = reason(report) if report.get("status") != "succeeded" else None
     if obj is None:
         message = "; ".join(filter(None, ["input object no longer listed", message]))
     return JobRow(
@@ -139,11 +161,54 @@ def _from_report(key: str, report: dict[str, Any], obj: InputObject | None) -> J
         finished_at=report.get("finished_at"),
         uploaded_at=_iso(obj.last_modified) if obj else None,
         message=message,
+        model_name=report.get("model_name"),
     )
+
+
+def reason(report: dict[str, Any]) -> str | None:
+    """The report's message without the input's s3:// URI, which the key column shows."""
+    text = report.get("message")
+    if not text:
+        return None
+    uri = f"s3://{report.get('input_bucket')}/{report.get('input_key')}"
+    if text.startswith(uri):
+        text = text[len(uri) :].lstrip(": ").strip()
+    return text
 
 
 def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def display_width(text: str) -> int:
+    """Terminal columns: wide and full-width (CJK) characters take two, combining marks none."""
+    return sum(
+        0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+        for c in text
+    )
+
+
+def pad(text: str, width: int) -> str:
+    return text + " " * max(0, width - display_width(text))
+
+
+def cut(text: str, width: int) -> str:
+    """One line of at most `width` columns, ending with ... when something was cut."""
+    text = " ".join(text.split())
+    if display_width(text) <= width:
+        return text
+    kept = ""
+    for char in text:
+        if display_width(kept + char) > width - 3:
+            break
+        kept += char
+    return kept + "..."
+
+
+def model_label(row: JobRow) -> str:
+    if row.model_name and row.model_version:
+        return f"{row.model_name}:{row.model_version}"
+    return row.model_version or row.model_name or ""
 
 
 def render_table(rows: Sequence[JobRow], counts: QueueCounts) -> str:
@@ -154,30 +219,29 @@ def render_table(rows: Sequence[JobRow], counts: QueueCounts) -> str:
             row.state,
             "" if row.rows is None else str(row.rows),
             "" if row.seconds is None else f"{row.seconds:.1f}",
-            row.model_version or "",
+            model_label(row),
             row.finished_at or "",
-            _cut(row.message or "", 80),
+            cut(row.message or "", MESSAGE_WIDTH),
         )
         for row in rows
     ]
-    widths = [max([len(name), *(len(c[i]) for c in cells)]) for i, name in enumerate(COLUMNS)]
-    lines = ["  ".join(name.ljust(widths[i]) for i, name in enumerate(COLUMNS)).rstrip()]
-    lines += ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(c)).rstrip() for c in cells]
+    widths = [
+        max([len(name), *(display_width(c[i]) for c in cells)]) for i, name in enumerate(COLUMNS)
+    ]
+    lines = ["  ".join(pad(cell, widths[i]) for i, cell in enumerate(c)).rstrip() for c in cells]
+    header = "  ".join(pad(name, widths[i]) for i, name in enumerate(COLUMNS)).rstrip()
     tally = {state: sum(row.state == state for row in rows) for state in STATES}
-    lines.append("")
-    lines.append(
-        ", ".join(f"{n} {state}" for state, n in tally.items() if n) or "no files in this window"
+    summary = ", ".join(f"{n} {state}" for state, n in tally.items() if n)
+    return "\n".join(
+        [
+            header,
+            *lines,
+            "",
+            summary or "no files in this window",
+            f"queue: {counts.visible} waiting, {counts.in_flight} in flight; "
+            f"dead-letter queue: {counts.dead_letters}",
+        ]
     )
-    lines.append(
-        f"queue: {counts.visible} waiting, {counts.in_flight} in flight; "
-        f"dead-letter queue: {counts.dead_letters}"
-    )
-    return "\n".join(lines)
-
-
-def _cut(text: str, width: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 class Stack:
@@ -198,31 +262,27 @@ class Stack:
         self.output_bucket = outputs["OutputBucketName"]
         self.queue_url = outputs["JobQueueUrl"]
         self.dlq_url = outputs.get("DeadLetterQueueUrl")
-        prefix = (params.get("OutputPrefix") or DEFAULT_PREFIX).strip("/")
-        self.reports_folder = f"{prefix}/{REPORTS_FOLDER}/" if prefix else f"{REPORTS_FOLDER}/"
-        suffixes = params.get("TriggerSuffixes") or DEFAULT_SUFFIXES
-        self.suffixes = tuple(s.strip().lower() for s in suffixes.split(",") if s.strip())
+        self.prefix = (params.get("OutputPrefix") or DEFAULT_OUTPUT_PREFIX).strip("/")
+        self.input_prefix = params.get("InputPrefix") or ""
         self.s3 = session.client("s3")
         self.sqs = session.client("sqs")
 
     def inputs(self) -> list[InputObject]:
+        pages = self.s3.get_paginator("list_objects_v2").paginate(
+            Bucket=self.input_bucket, Prefix=self.input_prefix
+        )
         return [
-            InputObject(item["Key"], bare_etag(item["ETag"]), item["LastModified"])
-            for item in self._list(self.input_bucket, "")
-            if item["Key"].lower().endswith(self.suffixes)
+            InputObject(item["Key"], bare_etag(item["ETag"]) or "", item["LastModified"])
+            for page in pages
+            for item in page.get("Contents", [])
         ]
 
     def report_times(self) -> dict[str, datetime]:
         """Every report's input key and LastModified (listing only, no reads)."""
-        times = {}
-        for item in self._list(self.output_bucket, self.reports_folder):
-            name = item["Key"][len(self.reports_folder) :]
-            if name.endswith(REPORT_SUFFIX) and len(name) > len(REPORT_SUFFIX):
-                times[name[: -len(REPORT_SUFFIX)]] = item["LastModified"]
-        return times
+        return list_report_times(self.s3, self.output_bucket, self.prefix, self.input_prefix)
 
     def reports(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
-        folder = self.reports_folder
+        folder = reports_folder(self.prefix)
         keys = list(keys)
         with ThreadPoolExecutor(max_workers=16) as pool:
             documents = pool.map(lambda key: self._read_json(folder + key + REPORT_SUFFIX), keys)
@@ -243,11 +303,6 @@ class Stack:
         names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
         return self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=names)["Attributes"]
 
-    def _list(self, bucket: str, prefix: str) -> Iterable[dict[str, Any]]:
-        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-        for page in pages:
-            yield from page.get("Contents", [])
-
     def _read_json(self, key: str) -> Any:
         try:
             return json.loads(self.s3.get_object(Bucket=self.output_bucket, Key=key)["Body"].read())
@@ -255,24 +310,67 @@ class Stack:
             return None
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def requeue_missing(stack: Stack, since: datetime | None, limit: int, apply: bool) -> int:
+    """Print (and with --apply queue) every input with no report for its current version."""
+    jobs = list(
+        unreported_inputs(
+            stack.s3,
+            stack.input_bucket,
+            stack.output_bucket,
+            stack.prefix,
+            input_prefix=stack.input_prefix,
+            since=since,
+            limit=limit,
+        )
+    )
+    verb = "queue" if apply else "would queue"
+    for job in jobs:
+        print(f"{verb} s3://{job['bucket']}/{job['key']} (etag {job['etag']}, {job['size']} B)")
+    if len(jobs) == limit:
+        print(f"stopped at --limit {limit}: run again (after these are reported) for more")
+    if not apply:
+        print(f"{len(jobs)} file(s) without a report; dry run: add --apply to queue them")
+        return 0
+    print(f"queued {queue_jobs(stack.sqs, stack.queue_url, jobs)} file(s)")
+    return 0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--stack", default=DEFAULT_STACK, help=f"stack name ({DEFAULT_STACK})")
     parser.add_argument(
         "--since",
         type=parse_since,
-        default=parse_since(DEFAULT_SINCE),
-        help=f"only files uploaded or reported within this window ({DEFAULT_SINCE})",
+        help=f"only files uploaded or reported within this window (table: {DEFAULT_SINCE}; "
+        "--requeue-missing: every file)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--requeue-missing",
+        action="store_true",
+        help="list every input with no report for its current version (dry run)",
+    )
+    parser.add_argument("--apply", action="store_true", help="with --requeue-missing: queue them")
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=DEFAULT_REQUEUE_LIMIT,
+        help=f"with --requeue-missing: at most this many files ({DEFAULT_REQUEUE_LIMIT})",
+    )
     parser.add_argument("--region", help="AWS region (default: boto3's, else us-east-1)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     session = boto3.session.Session(region_name=args.region)
     if session.region_name is None:
         session = boto3.session.Session(region_name="us-east-1")
     stack = Stack(args.stack, session)
-    since = datetime.now(UTC) - args.since
+    if args.requeue_missing:
+        since = datetime.now(UTC) - args.since if args.since else None
+        return requeue_missing(stack, since, max(1, args.limit), args.apply)
+    since = datetime.now(UTC) - (args.since or parse_since(DEFAULT_SINCE))
     counts = stack.counts()
     times = stack.report_times()
     recent = stack.reports(key for key, moment in times.items() if moment >= since)

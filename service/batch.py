@@ -12,8 +12,8 @@ import gzip
 import json
 import zlib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -23,21 +23,36 @@ from botocore.exceptions import ClientError, HTTPClientError, IncompleteReadErro
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from s3transfer.exceptions import RetriesExceededError
 
-from service import codecs, files
+from service import codecs
+from service.batch_contract import (
+    FAILED,
+    SKIPPED,
+    SUCCEEDED,
+    Report,
+    input_key_from_report_key,
+    now_text,
+    output_key,
+    report_key,
+)
+from service.batch_contract import bare_etag as normalize_etag
 from service.errors import InputError
 
+__all__ = [
+    "SKIPPED",
+    "SUCCEEDED",
+    "input_key_from_report_key",
+    "normalize_etag",
+    "output_key",
+    "report_key",
+]
+
 OUTPUT_CONTENT_TYPES = {"parquet": codecs.PARQUET, "csv": codecs.CSV, "jsonl": codecs.JSONLINES}
-REPORTS_FOLDER = "_reports"
-REPORT_SUFFIX = ".json"
 
 META_INPUT_ETAG = "input-etag"
 META_INPUT_VERSION_ID = "input-version-id"
 META_MODEL_NAME = "model-name"
 META_MODEL_VERSION = "model-version"
 META_ROWS = "rows"
-
-SUCCEEDED = "succeeded"
-FAILED = "failed"
 
 TRANSIENT_ERROR_CODES = frozenset(
     {
@@ -149,42 +164,9 @@ def _optional_text(data: Mapping[str, Any], field: str) -> str | None:
     return value
 
 
-def normalize_etag(etag: str | None) -> str | None:
-    """ETags come quoted from S3 responses and bare in S3 events; compare them bare."""
-    if etag is None:
-        return None
-    return etag.strip().strip('"') or None
-
-
 def quoted_etag(etag: str) -> str:
     """The form S3 (and moto's HeadObject) expects in an If-Match header."""
     return f'"{normalize_etag(etag)}"'
-
-
-def join_key(*parts: str) -> str:
-    """Join key parts with single slashes, ignoring empty parts (an empty OUTPUT_PREFIX)."""
-    return "/".join(part.strip("/") for part in parts if part.strip("/"))
-
-
-def output_key(
-    prefix: str, model_name: str, model_version: str, input_key: str, output_format: str
-) -> str:
-    """Where the predictions for one input go (contract layout)."""
-    folder = join_key(prefix, f"model={model_name}", f"version={model_version}")
-    return folder + "/" + files.replace_extension(input_key, output_format)
-
-
-def report_key(prefix: str, input_key: str) -> str:
-    """Where the latest report for one input key goes (contract layout)."""
-    return join_key(prefix, REPORTS_FOLDER) + "/" + input_key + REPORT_SUFFIX
-
-
-def input_key_from_report_key(prefix: str, key: str) -> str | None:
-    """Inverse of report_key, for listing jobs; None for keys that are not reports."""
-    start = join_key(prefix, REPORTS_FOLDER) + "/"
-    if not key.startswith(start) or not key.endswith(REPORT_SUFFIX):
-        return None
-    return key[len(start) : -len(REPORT_SUFFIX)] or None
 
 
 def output_metadata(
@@ -216,29 +198,6 @@ def already_done(
     return same_input and existing_metadata.get(META_MODEL_VERSION) == _ascii(model_version)
 
 
-@dataclass(frozen=True)
-class Report:
-    """The JSON document written next to the outputs for every finished attempt."""
-
-    status: str
-    input_bucket: str
-    input_key: str
-    input_etag: str | None
-    input_version_id: str | None
-    rows: int | None
-    seconds: float
-    model_name: str | None
-    model_version: str | None
-    output_bucket: str | None
-    output_key: str | None
-    message: str | None
-    error: str | None
-    finished_at: str
-
-    def to_json(self) -> bytes:
-        return json.dumps(asdict(self), ensure_ascii=False, indent=1).encode()
-
-
 def make_report(
     message: JobMessage,
     *,
@@ -254,7 +213,6 @@ def make_report(
     now: datetime | None = None,
 ) -> Report:
     """Build a report; ``text`` is the human message, ``error`` the machine code."""
-    finished = (now or datetime.now(UTC)).isoformat(timespec="milliseconds")
     return Report(
         status=status,
         input_bucket=message.bucket,
@@ -269,7 +227,7 @@ def make_report(
         output_key=output_key,
         message=text,
         error=error,
-        finished_at=finished.replace("+00:00", "Z"),
+        finished_at=now_text(now),
     )
 
 
@@ -312,7 +270,7 @@ def classify(exc: BaseException, message: JobMessage, file_format: str | None) -
         return Failure(FAILED, Action.DELETE, "input_gone", text, True)
     if isinstance(exc, InputChanged):
         text = f"{where} changed after this event ({exc}); the event for the new version owns it"
-        return Failure("skipped", Action.DELETE, "input_changed", text, False)
+        return Failure(SKIPPED, Action.DELETE, "input_changed", text, False)
     if isinstance(exc, OutputChanged):
         return Failure("retry", Action.RETRY_SOON, "output_changed", f"{where}: {exc}", False)
     if is_transient(exc):

@@ -26,6 +26,7 @@ FORMAT_SUFFIXES = {
 }
 GZIP_FORMATS = frozenset({"csv", "jsonl"})  # parquet compresses inside the file
 OUTPUT_SUFFIXES = {"parquet": ".parquet", "csv": ".csv", "jsonl": ".jsonl"}
+DEFAULT_OUTPUT_PREFIX = "predictions"  # the template's OutputPrefix default
 REPORTS_FOLDER = "_reports"
 REPORT_SUFFIX = ".json"
 

@@ -8,7 +8,6 @@ import csv
 import gzip
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import IO, Any
 
 import orjson
@@ -18,6 +17,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
+from service.batch_contract import OUTPUT_SUFFIXES, FileFormat, file_format
 from service.codecs import (
     ARROW_ERRORS,
     GZIP_MAGIC,
@@ -32,44 +32,7 @@ from service.codecs import (
 )
 from service.errors import MalformedBody
 
-
-@dataclass(frozen=True)
-class FileFormat:
-    """A file's data format, read from its key: parquet, csv or jsonl, maybe gzipped."""
-
-    name: str
-    gzip: bool = False
-
-
-FILE_SUFFIXES = {
-    ".parquet": "parquet",
-    ".pq": "parquet",
-    ".csv": "csv",
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-}
-OUTPUT_SUFFIXES = {"parquet": ".parquet", "csv": ".csv", "jsonl": ".jsonl"}
-
-
-def file_format(key: str) -> FileFormat | None:
-    """The format of the object `key`, or None when its extension is not one we read."""
-    lower = key.lower()
-    gzipped = lower.endswith(".gz")
-    base = lower.removesuffix(".gz")
-    for suffix, name in FILE_SUFFIXES.items():
-        if base.endswith(suffix):
-            return None if gzipped and name == "parquet" else FileFormat(name, gzipped)
-    return None
-
-
-def replace_extension(key: str, output_format: str) -> str:
-    """`a/b.c.csv.gz` -> `a/b.c.parquet`: drop the input's format (and .gz) extensions."""
-    base = key[:-3] if key.lower().endswith(".gz") else key
-    for suffix in FILE_SUFFIXES:
-        if base.lower().endswith(suffix):
-            base = base[: -len(suffix)]
-            break
-    return base + OUTPUT_SUFFIXES[output_format]
+__all__ = ["BatchWriter", "FileFormat", "file_format", "iter_batches"]
 
 
 def iter_batches(

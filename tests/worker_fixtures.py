@@ -178,10 +178,8 @@ class Stack:
         return self.cloud.read_json(self.output_bucket, f"{self.prefix}/_reports/{key}.json")
 
     def output_key(self, key: str, fmt: str = "parquet", version: str = "1") -> str:
-        stem = key
-        for suffix in (".gz", ".parquet", ".csv", ".jsonl"):
-            stem = stem.removesuffix(suffix)
-        return f"{self.prefix}/model=example/version={version}/{stem}.{fmt}"
+        """The contract layout, written out: the whole input key plus the format's extension."""
+        return f"{self.prefix}/model=example/version={version}/{key}.{fmt}"
 
     def read_output(self, key: str, fmt: str) -> pd.DataFrame:
         body = self.cloud.s3.get_object(Bucket=self.output_bucket, Key=key)["Body"].read()

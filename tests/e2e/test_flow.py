@@ -71,16 +71,17 @@ def _gzip_csv(frame: pd.DataFrame) -> bytes:
     return gzip.compress(to_csv(frame))
 
 
-# input key -> (encoder, output key relative to model=<name>/version=<version>/)
+# input key -> (encoder, output key relative to model=<name>/version=<version>/): the whole
+# input key plus .parquet (DESIGN.md, "Batch transform")
 ODD_KEYS = {
-    "nested/deep/folder/rows with spaces.parquet": (
-        to_parquet,
-        "nested/deep/folder/rows with spaces.parquet",
-    ),
-    "unicode/données été ✓/résumé.csv": (to_csv, "unicode/données été ✓/résumé.parquet"),
-    "odd+keys/a=1/b+c.d.e.jsonl": (to_jsonl, "odd+keys/a=1/b+c.d.e.parquet"),
-    "many.dots/x.y.z.v1.2.parquet": (to_parquet, "many.dots/x.y.z.v1.2.parquet"),
-    "gz/rows + more=2.csv.gz": (_gzip_csv, "gz/rows + more=2.parquet"),
+    key: (encoder, key + ".parquet")
+    for key, encoder in {
+        "nested/deep/folder/rows with spaces.parquet": to_parquet,
+        "unicode/données été ✓/résumé.csv": to_csv,
+        "odd+keys/a=1/b+c.d.e.jsonl": to_jsonl,
+        "many.dots/x.y.z.v1.2.parquet": to_parquet,
+        "gz/rows + more=2.csv.gz": _gzip_csv,
+    }.items()
 }
 
 
@@ -237,7 +238,9 @@ def test_twenty_files_at_once_never_exceed_max_workers_and_workers_stop_when_idl
     for key in keys:
         assert reports[key]["status"] == "succeeded", reports[key]
         assert reports[key]["rows"] == len(frames[key])
-        assert head(s3, bucket, output_key(local_cloud, served_bundle, key)) is not None
+        assert (
+            head(s3, bucket, output_key(local_cloud, served_bundle, key + ".parquet")) is not None
+        )
     burst_tasks = [task for task in tasks if task["taskArn"] in watch.task_arns]
     assert burst_tasks
     for task in burst_tasks:
@@ -263,7 +266,7 @@ def test_worker_stopped_in_the_middle_of_a_file_writes_it_once_after_rescale(
     bucket = local_cloud.outputs["OutputBucketName"]
     cluster = local_cloud.outputs["ClusterName"]
     key = "big/stop me mid-file.csv"
-    out_key = output_key(local_cloud, served_bundle, "big/stop me mid-file.parquet")
+    out_key = output_key(local_cloud, served_bundle, "big/stop me mid-file.csv.parquet")
     s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
     try:
         upload(local_cloud, key, big_csv(train_example, BIG_ROWS))
@@ -401,7 +404,7 @@ def test_new_model_bundle_is_used_by_endpoint_and_batch_without_restart(
     key = "after-update/rows.parquet"
     upload(local_cloud, key, to_parquet(rows))
     report = wait_reports(local_cloud, [key], BATCH_SECONDS)[key]
-    out_key = output_key(local_cloud, new, "after-update/rows.parquet")
+    out_key = output_key(local_cloud, new, "after-update/rows.parquet.parquet")
     assert "/version=2/" in out_key
     assert report["status"] == "succeeded", report
     assert report["model_version"] == "2"

@@ -50,7 +50,10 @@ EVENTS = REPO / "tests" / "events"
 STARTED_BY = "batch-worker"
 MAX_WORKERS = 3
 DEADLINE_SECONDS = 30
-TRIGGER_SUFFIXES = load_parameter_file(PARAMS_DIR / "local.json")["TriggerSuffixes"]
+# The AWS example's suffixes (no .gz listed): .csv.gz uploads must still start a job.
+TRIGGER_SUFFIXES = load_parameter_file(PARAMS_DIR / "aws.example.json")["TriggerSuffixes"]
+SAMPLE_BUCKET = "model-endpoint-local-input"  # the bucket of the sample events
+OUTPUT_PREFIX = "predictions"
 
 
 def _load_handler() -> ModuleType:
@@ -99,10 +102,22 @@ class Trigger:
     queue_url: str
     cluster: str
     task_family: str
+    output_bucket: str
 
     def __post_init__(self) -> None:
         self.sqs = self.backend.client("sqs")
         self.ecs = self.backend.client("ecs")
+
+    def report(self, key: str) -> dict[str, Any] | None:
+        """The report the function wrote for an input key, if any."""
+        s3 = self.backend.client("s3")
+        listed = s3.list_objects_v2(
+            Bucket=self.output_bucket, Prefix=f"{OUTPUT_PREFIX}/_reports/{key}.json"
+        )
+        if not listed.get("KeyCount"):
+            return None
+        body = s3.get_object(Bucket=self.output_bucket, Key=listed["Contents"][0]["Key"])["Body"]
+        return json.loads(body.read())
 
     def invoke(self, event: Any) -> dict[str, Any]:
         context = SimpleNamespace(aws_request_id=str(uuid.uuid4()), function_name="batch-trigger")
@@ -178,6 +193,8 @@ def trigger(
     ]
     redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "3"})
     queue_url = sqs.create_queue(QueueName=name, Attributes={"RedrivePolicy": redrive})["QueueUrl"]
+    failure_url = sqs.create_queue(QueueName=f"{name}-failures")["QueueUrl"]
+    aws_backend.client("s3").create_bucket(Bucket=f"{name}-output")
     ecs = aws_backend.client("ecs")
     ecs.create_cluster(clusterName=name)
     ecs.register_task_definition(
@@ -201,6 +218,10 @@ def trigger(
         monkeypatch.setenv(variable, value)
     function_env = {
         "JOB_QUEUE_URL": queue_url,
+        "FAILURE_QUEUE_URL": failure_url,
+        "INPUT_BUCKET": SAMPLE_BUCKET,
+        "OUTPUT_BUCKET": f"{name}-output",
+        "OUTPUT_PREFIX": OUTPUT_PREFIX,
         "CLUSTER_NAME": name,
         "TASK_DEFINITION": name,
         "WORKER_CONTAINER": "worker",
@@ -217,7 +238,7 @@ def trigger(
     handler.load_config.cache_clear()
     handler.client.cache_clear()
     try:
-        yield Trigger(aws_backend, monkeypatch, queue_url, name, name)
+        yield Trigger(aws_backend, monkeypatch, queue_url, name, name, f"{name}-output")
     finally:
         handler.load_config.cache_clear()
         handler.client.cache_clear()
@@ -233,7 +254,7 @@ def test_each_object_becomes_one_contract_message_and_workers_start(trigger: Tri
     summary = trigger.invoke(event)
 
     assert by_key(trigger.messages()) == by_key(expected_messages(event))
-    assert summary["queued"] == 3 and summary["failed"] == 0 and summary["started"] == 3
+    assert summary["queued"] == 3 and summary["parked"] == 0 and summary["started"] == 3
     tasks = trigger.tasks()
     assert len(tasks) == 3
     for task in tasks:
@@ -334,7 +355,7 @@ def _mentions(node: Any, *patterns: str) -> set[str]:
 
 
 def plumbing_template() -> dict[str, Any]:
-    """infra/stack.yaml's input bucket (its notification's suffix filters included), job queue
+    """infra/stack.yaml's input bucket (its notification included), job queue
     and dead-letter queue, the bucket notifying an SQS queue in place of the function."""
     template = load_template()
     resources = {name: copy.deepcopy(template["Resources"][name]) for name in PLUMBING_RESOURCES}
@@ -432,10 +453,7 @@ def apply_dropped_bucket_properties(
 def plumbing(aws_backend: Backend) -> dict[str, str]:
     """The plumbing stack's outputs; its notification is in force on either backend."""
     template = plumbing_template()
-    parameters = {
-        "EnvironmentName": f"batch-{uuid.uuid4().hex[:8]}",
-        "TriggerSuffixes": TRIGGER_SUFFIXES,
-    }
+    parameters = {"EnvironmentName": f"batch-{uuid.uuid4().hex[:8]}"}
     name = deploy(aws_backend, template, parameters)
     if not aws_backend.cloudformation_applies_s3_notifications:
         apply_dropped_bucket_properties(aws_backend, template, parameters, name)
@@ -469,27 +487,33 @@ def test_uploads_reach_the_handler_through_the_templates_bucket_notification(
     trigger: Trigger, plumbing: dict[str, str]
 ) -> None:
     """Spaces in keys arrive as %20 from LocalStack and as + from moto and AWS; the message
-    carries the key as uploaded either way. A suffix outside the filters sends nothing."""
+    carries the key as uploaded either way. Every upload reaches the function, which
+    queues the supported names (.csv.gz too, with the AWS example's suffixes) and reports
+    the others as skipped."""
     bucket = plumbing["InputBucketName"]
-    trigger.configure(JOB_QUEUE_URL=plumbing["JobQueueUrl"])
+    trigger.configure(JOB_QUEUE_URL=plumbing["JobQueueUrl"], INPUT_BUCKET=bucket)
     s3 = trigger.backend.client("s3")
     s3.put_object(Bucket=bucket, Key="incoming/notes.txt", Body=b"not a batch file")
     uploads = {
         "incoming/data set/part 1+2.parquet": b"parquet bytes",
         "incoming/résumé/year=2026.csv.gz": b"gzip bytes",
+        "incoming/ROWS.CSV": b"a,b\n1,2\n",
     }
     for key, body in uploads.items():
         s3.put_object(Bucket=bucket, Key=key, Body=body)
 
-    events = s3_events(trigger.sqs, plumbing["EventQueueUrl"], set(uploads))
+    events = s3_events(trigger.sqs, plumbing["EventQueueUrl"], {*uploads, "incoming/notes.txt"})
     summaries = [trigger.invoke(event) for event in events]
 
     notifications = [event for event in events if "Records" in event]
     expected = [message for event in notifications for message in expected_messages(event)]
-    assert sorted(message["key"] for message in expected) == sorted(uploads), (
-        "one event per matching upload, none for .txt"
-    )
+    assert sorted(message["key"] for message in expected) == sorted(
+        [*uploads, "incoming/notes.txt"]
+    ), "one event per upload, whatever its name"
+    expected = [message for message in expected if message["key"] in uploads]
     assert sum(summary["queued"] for summary in summaries) == len(uploads)
+    assert sum(summary["skipped"] for summary in summaries) == 1
+    assert trigger.report("incoming/notes.txt")["status"] == "skipped"
     messages = trigger.messages()
     assert by_key(messages) == by_key(expected)
     for message in messages:

@@ -7,6 +7,7 @@ import itertools
 import json
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_plus
@@ -14,7 +15,10 @@ from urllib.parse import unquote_plus
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from moto.awslambda.utils import get_backend
+from moto.core import DEFAULT_ACCOUNT_ID
 
+from localcloud.console import Console
 from localcloud.lambda_runtime import LambdaRuntime
 from localcloud.waiting import wait_until
 
@@ -192,6 +196,108 @@ def test_a_failed_async_invocation_is_retried_twice(
     assert len({path.name.split(".")[0] for path in attempts}) == 1, "one request id"
     starts = sorted(record["start"] for record in records(out_dir))
     assert all(later - earlier >= 0.25 for earlier, later in itertools.pairwise(starts))
+
+
+def failure_queue(aws: Callable[[str], Any], name: str, function: str, **config: Any) -> str:
+    """A queue set as the function's on-failure destination (with ``config``); its URL."""
+    sqs = aws("sqs")
+    url = sqs.create_queue(QueueName=name)["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]
+    aws("lambda").put_function_event_invoke_config(
+        FunctionName=function,
+        DestinationConfig={"OnFailure": {"Destination": arn["QueueArn"]}},
+        **config,
+    )
+    return url
+
+
+def destination_records(aws: Callable[[str], Any], url: str, count: int) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+
+    def received() -> bool:
+        messages = aws("sqs").receive_message(QueueUrl=url, MaxNumberOfMessages=10)
+        found.extend(json.loads(m["Body"]) for m in messages.get("Messages", []))
+        return len(found) >= count
+
+    wait_until(received, 20, f"{count} record(s) on the on-failure destination")
+    return found
+
+
+def test_an_event_that_fails_every_retry_goes_to_the_on_failure_destination(
+    lambda_runtime: LambdaRuntime,
+    make_function: Callable[..., str],
+    aws: Callable[[str], Any],
+    out_dir: Path,
+) -> None:
+    """The record has the shape AWS documents for an on-failure destination:
+    https://docs.aws.amazon.com/lambda/latest/dg/invocation-async-retain-records.html"""
+    name = make_function("to-dest", RECORDING, Environment={"Variables": {"OUT_DIR": str(out_dir)}})
+    url = failure_queue(aws, "to-dest-failures", name, MaximumRetryAttempts=1)
+
+    aws("lambda").invoke(
+        FunctionName=name, InvocationType="Event", Payload=json.dumps({"fail": True, "n": 7})
+    )
+
+    [record] = destination_records(aws, url, 1)
+    assert len(list(out_dir.iterdir())) == 2, "the first attempt and one retry"
+    assert record["version"] == "1.0"
+    assert record["requestPayload"] == {"fail": True, "n": 7}
+    context = record["requestContext"]
+    assert (context["condition"], context["approximateInvokeCount"]) == ("RetriesExhausted", 2)
+    assert context["functionArn"].endswith(f":function:{name}:$LATEST")
+    assert record["responseContext"]["functionError"] == "Unhandled"
+    assert record["responsePayload"]["errorMessage"] == "attempt failed"
+
+
+def test_an_event_older_than_its_maximum_age_goes_to_the_destination_unrun(
+    lambda_runtime: LambdaRuntime,
+    make_function: Callable[..., str],
+    aws: Callable[[str], Any],
+    out_dir: Path,
+) -> None:
+    variables = {"OUT_DIR": str(out_dir), "SLEEP": "2"}
+    name = make_function("aged", RECORDING, Timeout=10, Environment={"Variables": variables})
+    aws("lambda").put_function_concurrency(FunctionName=name, ReservedConcurrentExecutions=1)
+    url = failure_queue(aws, "aged-failures", name, MaximumEventAgeInSeconds=60)
+    fn = lambda_runtime_function(name)
+    fn.event_invoke_config[-1].config["MaximumEventAgeInSeconds"] = 1  # the API's minimum is 60
+
+    for n in range(2):
+        aws("lambda").invoke(
+            FunctionName=name, InvocationType="Event", Payload=json.dumps({"n": n})
+        )
+
+    [record] = destination_records(aws, url, 1)
+    assert record["requestContext"]["condition"] == "EventAgeExceeded"
+    assert record["requestContext"]["approximateInvokeCount"] == 0
+    assert "responseContext" not in record
+    assert lambda_runtime.wait_idle(20)
+    assert [r["event"]["n"] for r in records(out_dir)] == [record["requestPayload"]["n"] ^ 1]
+
+
+def lambda_runtime_function(name: str) -> Any:
+    """moto's model of a function, to shorten a limit the API does not let a test shorten."""
+    return get_backend(DEFAULT_ACCOUNT_ID, "us-east-1").get_function(name)
+
+
+def test_the_fault_hook_fails_every_attempt_of_a_chosen_event(
+    moto: Any, make_function: Callable[..., str], aws: Callable[[str], Any], out_dir: Path
+) -> None:
+    runtime = LambdaRuntime(replace(moto.settings, fault_drop_events=1.0), Console())
+    runtime.start()
+    try:
+        name = make_function(
+            "faulty", RECORDING, Environment={"Variables": {"OUT_DIR": str(out_dir)}}
+        )
+        url = failure_queue(aws, "faulty-failures", name)
+
+        aws("lambda").invoke(FunctionName=name, InvocationType="Event", Payload=json.dumps({}))
+
+        [record] = destination_records(aws, url, 1)
+        assert record["requestContext"]["approximateInvokeCount"] == 3
+        assert list(out_dir.iterdir()) == [], "the handler never ran"
+    finally:
+        runtime.stop()
 
 
 def test_reserved_concurrency_of_one_runs_async_events_one_at_a_time(

@@ -184,6 +184,10 @@ def test_batch_trigger_function_environment(
     assert function["Concurrency"]["ReservedConcurrentExecutions"] == 1
     assert configuration["Environment"]["Variables"] == {
         "JOB_QUEUE_URL": outputs["JobQueueUrl"],
+        "FAILURE_QUEUE_URL": outputs["TriggerFailureQueueUrl"],
+        "INPUT_BUCKET": outputs["InputBucketName"],
+        "OUTPUT_BUCKET": outputs["OutputBucketName"],
+        "OUTPUT_PREFIX": local_parameters["OutputPrefix"],
         "CLUSTER_NAME": outputs["ClusterName"],
         "TASK_DEFINITION": outputs["WorkerTaskDefinition"],
         "WORKER_CONTAINER": "worker",
@@ -290,12 +294,12 @@ def test_dropped_input_bucket_settings_can_be_reapplied(
         getattr(s3, method)(Bucket=bucket, **arguments)
 
     notification = s3.get_bucket_notification_configuration(Bucket=bucket)
-    suffixes = [
-        rule["Value"]
-        for config in notification["LambdaFunctionConfigurations"]
-        for rule in config["Filter"]["Key"]["FilterRules"]
-    ]
-    assert suffixes == local_parameters["TriggerSuffixes"].split(",")
+    [config] = notification["LambdaFunctionConfigurations"]
+    assert (config["LambdaFunctionArn"], config["Events"]) == (
+        function_arn,
+        ["s3:ObjectCreated:*"],
+    )
+    assert "Filter" not in config, "every object notifies the trigger (no InputPrefix set)"
     assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
     assert s3.put_object(Bucket=bucket, Key="probe.txt", Body=b"x")["VersionId"]
 

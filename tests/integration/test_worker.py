@@ -131,8 +131,8 @@ POISON = {
     "poison/no-features.csv": lambda good: b"id,colour\n1,red\n",
     "poison/words.jsonl": lambda good: b'{"id": 1, "mean_radius": "large"}\n',
     "poison/not-gzip.csv.gz": lambda good: b"id,mean_radius\n1,2\n",
-    "poison/notes.txt": lambda good: b"hello",
 }
+UNSUPPORTED = "poison/notes.txt"
 
 
 def test_poison_files_fail_with_a_reason_and_the_next_file_is_processed(
@@ -142,6 +142,8 @@ def test_poison_files_fail_with_a_reason_and_the_next_file_is_processed(
     for key, make in POISON.items():
         stack.put(key, make(good))
         stack.send(key)
+    stack.put(UNSUPPORTED, b"hello")
+    stack.send(UNSUPPORTED)
     stack.put("poison/gone.parquet", good)
     stack.send("poison/gone.parquet")
     cloud.s3.delete_object(Bucket=stack.input_bucket, Key="poison/gone.parquet")
@@ -162,7 +164,13 @@ def test_poison_files_fail_with_a_reason_and_the_next_file_is_processed(
     assert list(scratch.iterdir()) == [], "temp files left behind"
     attempts = [f["key"] for f in worker.files()]
     assert sorted(attempts) == sorted(
-        [*POISON, "poison/gone.parquet", "poison/replaced.parquet", "after/good.parquet"]
+        [
+            *POISON,
+            UNSUPPORTED,
+            "poison/gone.parquet",
+            "poison/replaced.parquet",
+            "after/good.parquet",
+        ]
     ), "each message is handled once"
 
     reasons = {key: stack.report(key) for key in [*POISON, "poison/gone.parquet"]}
@@ -173,7 +181,9 @@ def test_poison_files_fail_with_a_reason_and_the_next_file_is_processed(
     assert "missing columns" in reasons["poison/no-features.csv"]["message"]
     assert "mean_radius" in reasons["poison/words.jsonl"]["message"]
     assert "no" in reasons["poison/header-only.csv"]["message"]
-    assert "unknown file type" in reasons["poison/notes.txt"]["message"]
+    skipped = stack.report(UNSUPPORTED)
+    assert (skipped["status"], skipped["error"]) == ("skipped", "unsupported_name")
+    assert ".csv.gz" in skipped["message"] and ".parquet" in skipped["message"]
     assert reasons["poison/gone.parquet"]["error"] == "input_gone"
     assert stack.report("poison/replaced.parquet") is None, "a stale event must not report"
     assert len(worker.events("invalid_message")) == 2

@@ -43,15 +43,27 @@ RETRY_SCALE = 0.05
 
 
 class FaultCloud(LocalCloudProcess):
-    """The e2e suite's local cloud with short Lambda retry delays (``--retry-scale``).
+    """The e2e suite's local cloud with short Lambda retry delays (``--retry-scale``) and,
+    optionally, a fraction of asynchronous Lambda events failing every attempt
+    (``--fault-drop-events``: they reach the trigger's on-failure queue).
 
     A SIGKILLed invocation is an error Lambda retries after a minute; at that pace the
     objects of the killed event would wait longer than the whole test.
     """
 
-    def __init__(self, work_dir: Path, parameters: dict[str, str], retry_scale: float) -> None:
-        super().__init__(work_dir, parameters, extra_args=["--retry-scale", str(retry_scale)])
+    def __init__(
+        self,
+        work_dir: Path,
+        parameters: dict[str, str],
+        retry_scale: float,
+        drop_events: float = 0.0,
+    ) -> None:
+        arguments = ["--retry-scale", str(retry_scale)]
+        if drop_events:
+            arguments += ["--fault-drop-events", str(drop_events)]
+        super().__init__(work_dir, parameters, extra_args=arguments)
         self.retry_scale = retry_scale
+        self.drop_events = drop_events
 
     def log_text(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
@@ -59,10 +71,13 @@ class FaultCloud(LocalCloudProcess):
 
 @contextlib.contextmanager
 def fault_cloud(
-    work_dir: Path, parameters: dict[str, str], retry_scale: float = RETRY_SCALE
+    work_dir: Path,
+    parameters: dict[str, str],
+    retry_scale: float = RETRY_SCALE,
+    drop_events: float = 0.0,
 ) -> Iterator[FaultCloud]:
     """Start a cloud, yield it ready; stop it with SIGTERM and fail if any process remains."""
-    cloud = FaultCloud(work_dir, parameters, retry_scale)
+    cloud = FaultCloud(work_dir, parameters, retry_scale, drop_events)
     try:
         cloud.start()
         cloud.wait_ready()

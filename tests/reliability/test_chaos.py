@@ -1,20 +1,25 @@
-"""Chaos: 200 files through the batch transform while workers and the trigger are SIGKILLed.
+"""Chaos: 200 files through the batch transform while workers and the trigger are SIGKILLed
+and a tenth of the trigger's events are lost at the Lambda runtime.
 
 One ``python -m localcloud up`` (MaxWorkers 3, FilesPerWorker 2, WorkerVisibilitySeconds 5,
-Lambda retry delays scaled to 3 s and 6 s) takes 200 files in bursts of 40: parquet, CSV,
-gzip'd CSV and JSON Lines, six of them poison from the catalogue. Meanwhile a fault injector
-SIGKILLs a running worker ten times, about every two seconds (the next burst is uploaded once
-its share of the kills is done, so files are in work for every kill however fast they go) (a busy one when it can find one: a worker holding a file
-open in its scratch folder) and one invocation of the batch trigger, between its "queued"
-and "summary" log lines when it can, so its retry queues those objects a second time.
+Lambda retry delays scaled to 3 s and 6 s, ``--fault-drop-events 0.1``) takes 200 files in
+bursts of 40: parquet, CSV, gzip'd CSV and JSON Lines, in pairs that share a stem (``file
+007.csv`` and ``file 007.csv.gz``), six of them poison from the catalogue. Meanwhile a fault
+injector SIGKILLs a running worker ten times, about every two seconds (the next burst is
+uploaded once its share of the kills is done, so files are in work for every kill however
+fast they go) (a busy one when it can find one: a worker holding a file open in its scratch
+folder) and one invocation of the batch trigger, between its "queued" and "summary" log
+lines when it can, so its retry queues those objects a second time. The runtime fails every
+attempt of about one asynchronous event in ten (uploads and schedule ticks alike), so those
+events reach the trigger's on-failure queue, which the scheduled runs redrive.
 
-Afterwards every input has exactly one outcome: one output (one S3 version of it, the output
-bucket being versioned for the test) equal to the in-process reference, or one ``failed``
-report for a poison file; the job queue and the dead-letter queue are empty, and no worker
-task is left RUNNING once IdleSeconds have passed. The dead-letter queue must be empty, not
-merely hold "explainable" messages: a SIGKILL costs a message one receive, the queue allows
-three, and a message that reached the DLQ after a kill would be a file whose fate depends on
-an operator, which is the failure this test exists to catch.
+Afterwards every input has exactly one outcome: one output (one S3 version of it) equal to
+the in-process reference, or one ``failed`` report for a poison file; the job queue, the
+failure queue and the dead-letter queue are empty, and no worker task is left RUNNING once
+IdleSeconds have passed. The dead-letter queue must be empty, not merely hold "explainable"
+messages: a SIGKILL costs a message one receive, the queue allows three, and a message that
+reached the DLQ after a kill would be a file whose fate depends on an operator, which is the
+failure this test exists to catch.
 """
 
 from __future__ import annotations
@@ -71,6 +76,8 @@ PARAMETERS = {
 }
 FILES = 200
 BURST = 40
+DROP_EVENTS = 0.1
+FAILURES = "TriggerFailureQueueUrl"
 WORKER_KILLS = 10
 KILL_INTERVAL = 2.0
 BUSY_PATIENCE = 3.0
@@ -110,15 +117,13 @@ class Input:
 
     @property
     def relative_output(self) -> str:
-        """The input key with its extension(s) replaced by .parquet (the contract)."""
-        for suffix in ENCODERS:
-            if self.key.endswith(suffix):
-                return self.key[: -len(suffix)] + ".parquet"
-        raise AssertionError(self.key)
+        """The whole input key plus .parquet (the contract)."""
+        return self.key + ".parquet"
 
 
 def make_inputs(train_example: ModuleType, good_rows: pd.DataFrame) -> list[Input]:
-    """194 good files of 100-1,500 rows in four formats, and six poison files among them."""
+    """194 good files of 100-1,500 rows in four formats, two files (two formats) per stem,
+    and six poison files among them."""
     poison = [p for p in CATALOGUE if p.name in POISON]
     assert len(poison) == len(POISON)
     stride = FILES // len(poison)
@@ -137,7 +142,7 @@ def make_inputs(train_example: ModuleType, good_rows: pd.DataFrame) -> list[Inpu
         suffix = list(ENCODERS)[number % len(ENCODERS)]
         rows = 100 + (number * 37) % 1400
         frame = train_example.sample_rows(rows, seed=1000 + number)
-        key = f"chaos/burst-{number // BURST}/file {number:03d}{suffix}"
+        key = f"chaos/burst-{number // BURST}/file {number // 2:03d}{suffix}"
         inputs.append(Input(key, ENCODERS[suffix](frame), frame))
     return inputs
 
@@ -156,17 +161,47 @@ class ChaosRun:
     max_processes: int
     worker_tasks: list[dict[str, Any]]
     job_queue: tuple[int, int]
+    failure_queue: tuple[int, int]
     dead_letters: list[dict[str, Any]]
     seconds: float
     log: list[str]
+
+    def dropped_events(self) -> set[str]:
+        """Request ids of the events whose every attempt the runtime's fault hook failed."""
+        marker = "fault: event "
+        return {
+            line.split(marker, 1)[1].split()[0]
+            for line in self.log
+            if marker in line and "attempt 1 failed" in line
+        }
+
+    def events_sent_to_failure_queue(self) -> set[str]:
+        """Request ids the runtime sent to the trigger's on-failure queue after its retries."""
+        return {
+            line.split(" | event ", 1)[1].split()[0]
+            for line in self.log
+            if " | event " in line and "trigger-failures (RetriesExhausted)" in line
+        }
 
     def figures(self) -> dict[str, Any]:
         workers_log = json_lines(self.log, "ecs:")
         files = [e for e in workers_log if e.get("event") == "file"]
         started = [e for e in workers_log if e.get("event") == "file_started"]
         statuses = Counter(e["status"] for e in files)
+        trigger_log = json_lines(self.log, "lambda:")
         return {
             "files": len(self.inputs),
+            "stems": len(
+                {
+                    item.key.rsplit(".", 2 if item.key.endswith(".gz") else 1)[0]
+                    for item in self.inputs
+                }
+            ),
+            "events_dropped": len(self.dropped_events()),
+            "events_to_failure_queue": len(self.events_sent_to_failure_queue()),
+            "objects_redriven": sum(
+                int(e.get("objects", 0)) for e in trigger_log if e.get("event") == "redriven"
+            ),
             "poison": sum(1 for i in self.inputs if i.frame is None),
             "worker_kills": len(self.killer.kills),
             "worker_kills_busy": sum(1 for k in self.killer.kills if k.busy),
@@ -251,7 +286,7 @@ def chaos(
     inputs = make_inputs(train_example, good_rows)
     keys = [item.key for item in inputs]
     work = tmp_path_factory.mktemp("chaos")
-    with fault_cloud(work, PARAMETERS) as cloud:
+    with fault_cloud(work, PARAMETERS, drop_events=DROP_EVENTS) as cloud:
         yield run_chaos(cloud, inputs, keys, load_served_bundle(cloud))
 
 
@@ -273,9 +308,9 @@ def run_chaos(cloud: FaultCloud, inputs: list[Input], keys: list[str], bundle: B
             context=cloud.log_tail,
         )
         wait_for(
-            lambda: queue_counts(cloud) == (0, 0),
+            lambda: queue_counts(cloud) == (0, 0) and queue_counts(cloud, FAILURES) == (0, 0),
             BATCH_DEADLINE,
-            "an empty job queue",
+            "an empty job queue and an empty failure queue",
             interval=1.0,
             context=cloud.log_tail,
         )
@@ -296,6 +331,7 @@ def run_chaos(cloud: FaultCloud, inputs: list[Input], keys: list[str], bundle: B
         max_processes=watch.max_processes,
         worker_tasks=tasks,
         job_queue=queue_counts(cloud),
+        failure_queue=queue_counts(cloud, FAILURES),
         dead_letters=dead_letters(cloud),
         seconds=seconds,
         log=cloud.log_text().splitlines(),
@@ -318,6 +354,15 @@ def test_faults_were_injected(chaos: ChaosRun) -> None:
         and entry.get("message") == "summary"
     ]
     assert len(summaries) == 1, "the killed invocation's retry did not finish"
+
+
+def test_dropped_events_reached_the_failure_queue_and_were_redriven(chaos: ChaosRun) -> None:
+    dropped = chaos.dropped_events()
+    assert dropped, "the fault hook dropped no event"
+    assert dropped <= chaos.events_sent_to_failure_queue(), "a dropped event was lost"
+    assert chaos.failure_queue == (0, 0)
+    redriven = [e for e in json_lines(chaos.log, "lambda:") if e.get("event") == "redriven"]
+    assert len(redriven) >= len(dropped), "every record on the failure queue was redriven"
 
 
 def test_every_input_has_exactly_one_outcome(chaos: ChaosRun) -> None:

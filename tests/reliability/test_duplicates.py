@@ -83,17 +83,18 @@ def gzip_csv(frame: pd.DataFrame) -> bytes:
     return gzip.compress(to_csv(frame))
 
 
-# input key -> (encoder, output key relative to model=<name>/version=<version>/)
+# input key -> (encoder, output key relative to model=<name>/version=<version>/): the whole
+# input key plus .parquet
 FILES: dict[str, tuple[Callable[[pd.DataFrame], bytes], str]] = {
-    "dup/a.parquet": (to_parquet, "dup/a.parquet"),
-    "dup/b.csv": (to_csv, "dup/b.parquet"),
-    "dup/c.csv.gz": (gzip_csv, "dup/c.parquet"),
-    "dup/d.jsonl": (to_jsonl, "dup/d.parquet"),
-    "dup/e f+g.parquet": (to_parquet, "dup/e f+g.parquet"),
-    "dup/h.csv": (to_csv, "dup/h.parquet"),
+    "dup/a.parquet": (to_parquet, "dup/a.parquet.parquet"),
+    "dup/b.csv": (to_csv, "dup/b.csv.parquet"),
+    "dup/c.csv.gz": (gzip_csv, "dup/c.csv.gz.parquet"),
+    "dup/d.jsonl": (to_jsonl, "dup/d.jsonl.parquet"),
+    "dup/e f+g.parquet": (to_parquet, "dup/e f+g.parquet.parquet"),
+    "dup/h.csv": (to_csv, "dup/h.csv.parquet"),
 }
 LATE = "dup/late.csv"
-LATE_OUTPUT = "dup/late.parquet"
+LATE_OUTPUT = "dup/late.csv.parquet"
 LOST = "dup/report-lost.parquet"
 
 
@@ -293,7 +294,7 @@ def test_each_input_version_is_written_once(duplicates: DuplicateRun) -> None:
     cloud, bundle = duplicates.cloud, duplicates.bundle
     written = {key: len(v) for key, v in duplicates.outputs.items()}
     late = written.pop(output_key(cloud, bundle, LATE_OUTPUT))
-    assert written.pop(output_key(cloud, bundle, LOST)) == 1
+    assert written.pop(output_key(cloud, bundle, LOST + ".parquet")) == 1
     assert written == {output_key(cloud, bundle, out): 1 for _, out in FILES.values()}
     assert duplicates.late_outputs_before == 2, "one output version per input version"
     assert late >= duplicates.late_outputs_before

@@ -88,6 +88,7 @@ NAME_PROPERTIES = {
 UNNAMEABLE = {
     "AWS::S3::BucketPolicy",
     "AWS::Lambda::Permission",
+    "AWS::Lambda::EventInvokeConfig",
     "AWS::ElasticLoadBalancingV2::Listener",
     "AWS::CloudFormation::WaitConditionHandle",
     "AWS::ApplicationAutoScaling::ScalableTarget",
@@ -153,7 +154,7 @@ def test_storage_is_private_and_encrypted_in_any_variant(
     resources = resolved(template, **VARIANTS[variant])
     buckets = {n: r for n, r in resources.items() if r["Type"] == "AWS::S3::Bucket"}
     queues = {n: r for n, r in resources.items() if r["Type"] == "AWS::SQS::Queue"}
-    assert len(buckets) == 3 and len(queues) == 2
+    assert len(buckets) == 3 and len(queues) == 3
     for name, bucket in buckets.items():
         properties = bucket["Properties"]
         assert properties["PublicAccessBlockConfiguration"] == dict.fromkeys(

@@ -18,6 +18,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from service.jsonlog import JsonFormatter
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -34,6 +36,7 @@ def _load_handler() -> ModuleType:
 handler = _load_handler()
 
 STARTED_BY = "batch-worker"
+INPUT_BUCKET = "model-endpoint-local-input"  # the bucket of the sample events in tests/events
 REGION = "us-east-1"
 _names = itertools.count()
 
@@ -44,9 +47,29 @@ class Cloud:
 
     sqs: Any
     ecs: Any
+    s3: Any
     queue_url: str
+    failure_queue_url: str
+    output_bucket: str
     cluster: str
     env: dict[str, str]
+
+    def report(self, key: str) -> dict[str, Any] | None:
+        """The report the function wrote for an input key, if any."""
+        try:
+            body = self.s3.get_object(
+                Bucket=self.output_bucket, Key=f"predictions/_reports/{key}.json"
+            )["Body"].read()
+        except self.s3.exceptions.NoSuchKey:
+            return None
+        return json.loads(body)
+
+    def failure_records(self) -> list[dict[str, Any]]:
+        """Every record in the failure queue, parsed (receiving hides them)."""
+        messages = self.sqs.receive_message(
+            QueueUrl=self.failure_queue_url, MaxNumberOfMessages=10, VisibilityTimeout=300
+        ).get("Messages", [])
+        return [json.loads(message["Body"]) for message in messages]
 
     def running(self) -> list[str]:
         """Worker tasks moto reports as desired RUNNING (moto honours both filters together)."""
@@ -131,7 +154,11 @@ def lambda_cloud(lambda_moto: Network, monkeypatch: pytest.MonkeyPatch) -> Cloud
     name = f"t{next(_names)}"
     sqs = boto3.client("sqs", region_name=REGION)
     ecs = boto3.client("ecs", region_name=REGION)
+    s3 = boto3.client("s3", region_name=REGION)
     queue_url = sqs.create_queue(QueueName=f"{name}-jobs")["QueueUrl"]
+    failure_queue_url = sqs.create_queue(QueueName=f"{name}-trigger-failures")["QueueUrl"]
+    output_bucket = f"{name}-output"
+    s3.create_bucket(Bucket=output_bucket)
     ecs.create_cluster(clusterName=name)
     ecs.register_task_definition(
         family="worker",
@@ -143,6 +170,10 @@ def lambda_cloud(lambda_moto: Network, monkeypatch: pytest.MonkeyPatch) -> Cloud
     )
     env = {
         "JOB_QUEUE_URL": queue_url,
+        "FAILURE_QUEUE_URL": failure_queue_url,
+        "INPUT_BUCKET": INPUT_BUCKET,
+        "OUTPUT_BUCKET": output_bucket,
+        "OUTPUT_PREFIX": "predictions",
         "CLUSTER_NAME": name,
         "TASK_DEFINITION": "worker",
         "WORKER_CONTAINER": "worker",
@@ -157,7 +188,16 @@ def lambda_cloud(lambda_moto: Network, monkeypatch: pytest.MonkeyPatch) -> Cloud
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    return Cloud(sqs=sqs, ecs=ecs, queue_url=queue_url, cluster=name, env=env)
+    return Cloud(
+        sqs=sqs,
+        ecs=ecs,
+        s3=s3,
+        queue_url=queue_url,
+        failure_queue_url=failure_queue_url,
+        output_bucket=output_bucket,
+        cluster=name,
+        env=env,
+    )
 
 
 @pytest.fixture
@@ -170,7 +210,7 @@ def lambda_logs() -> Iterator[Callable[[], list[dict[str, Any]]]]:
             lines.append(self.format(record))
 
     collector = Collect()
-    collector.setFormatter(handler.JsonFormatter())
+    collector.setFormatter(JsonFormatter())
     handler.log.addHandler(collector)
     try:
         yield lambda: [json.loads(line) for line in lines]

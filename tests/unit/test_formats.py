@@ -137,18 +137,6 @@ def test_unknown_file_formats(key):
     assert files.file_format(key) is None
 
 
-@pytest.mark.parametrize(
-    ("key", "fmt", "expected"),
-    [
-        ("a/b.c.csv.gz", "parquet", "a/b.c.parquet"),
-        ("x y/+=é.jsonl", "csv", "x y/+=é.csv"),
-        ("data.parquet", "jsonl", "data.jsonl"),
-    ],
-)
-def test_replace_extension(key, fmt, expected):
-    assert files.replace_extension(key, fmt) == expected
-
-
 def _write(frame, path, name, gzipped):
     if name == "parquet":
         frame.to_parquet(path, index=False)

@@ -13,6 +13,8 @@ from typing import Any
 import handler
 import pytest
 
+from service.batch_contract import is_triggered
+
 EVENTS = Path(__file__).resolve().parents[1] / "events"
 STARTED_BY = "batch-worker"
 SEVERAL = "s3_put_several.json"
@@ -134,9 +136,10 @@ def test_eventbridge_object_created_is_queued(lambda_cloud) -> None:
         ("in/a.parquet", True),
         ("in/A.PARQUET", True),
         ("in/a.csv", True),
+        ("in/ROWS.CSV", True),
         ("in/a.csv.gz", True),
         ("in/a.jsonl.GZ", True),
-        ("in/a.parquet.gz", True),
+        ("in/a.parquet.gz", False),
         ("in/a.json", False),
         ("in/a.txt", False),
         ("in/a.csv.tmp", False),
@@ -146,22 +149,45 @@ def test_eventbridge_object_created_is_queued(lambda_cloud) -> None:
         ("in/parquet", False),
     ],
 )
-def test_suffix_filter(key: str, accepted: bool) -> None:
-    assert handler.key_matches(key, (".parquet", ".csv", ".jsonl")) is accepted
+def test_names_the_worker_reads_with_a_trigger_suffix_start_a_job(key: str, accepted: bool):
+    assert is_triggered(key, (".parquet", ".csv", ".jsonl")) is accepted
 
 
-def test_unconfigured_suffixes_and_other_event_names_are_skipped(lambda_cloud) -> None:
-    event = s3_event("in/keep.parquet", "in/notes.txt", "in/keep.CSV", "in/folder/")
+def test_other_names_get_a_skipped_report_saying_what_is_supported(lambda_cloud) -> None:
+    event = s3_event("in/keep.parquet", "in/notes.txt", "in/keep.CSV", "in/rows.parquet.gz")
     event["Records"].append(copy.deepcopy(event["Records"][0]))
     event["Records"][-1]["eventName"] = "ObjectRemoved:Delete"
 
     summary = handler.handler(event, None)
 
-    assert (summary["records"], summary["queued"], summary["skipped"]) == (5, 2, 3)
+    assert (summary["records"], summary["queued"], summary["skipped"]) == (5, 2, 2)
+    assert summary["malformed"] == 1
     assert sorted(message["key"] for message in lambda_cloud.messages()) == [
         "in/keep.CSV",
         "in/keep.parquet",
     ]
+    report = lambda_cloud.report("in/notes.txt")
+    assert report["status"] == "skipped" and report["error"] == "unsupported_name"
+    assert report["input_bucket"] == "model-endpoint-local-input"
+    assert report["input_etag"] == event["Records"][1]["s3"]["object"]["eTag"]
+    assert ".parquet, .csv, .jsonl" in report["message"] and ".csv.gz" in report["message"]
+    assert lambda_cloud.report("in/rows.parquet.gz")["status"] == "skipped"
+    assert lambda_cloud.report("in/keep.CSV") is None
+
+
+def test_objects_of_other_buckets_are_refused_with_a_log_line(lambda_cloud, lambda_logs) -> None:
+    event = s3_event("in/a.csv", "in/b.csv")
+    event["Records"][1]["s3"]["bucket"]["name"] = "someone-elses-bucket"
+
+    summary = handler.handler(event, None)
+
+    assert (summary["queued"], summary["refused"]) == (1, 1)
+    assert [m["key"] for m in lambda_cloud.messages()] == ["in/a.csv"]
+    refused = [
+        line for line in lambda_logs() if line["event"] == "refused object of another bucket"
+    ]
+    assert refused[0]["bucket"] == "someone-elses-bucket" and refused[0]["key"] == "in/b.csv"
+    assert lambda_cloud.report("in/b.csv") is None
 
 
 @pytest.mark.parametrize(
@@ -182,7 +208,7 @@ def test_a_malformed_record_costs_only_itself(lambda_cloud, lambda_logs, break_r
 
     summary = handler.handler(event, None)
 
-    assert (summary["queued"], summary["skipped"]) == (2, 1)
+    assert (summary["queued"], summary["malformed"]) == (2, 1)
     assert sorted(m["key"] for m in lambda_cloud.messages()) == ["in/one.parquet", "in/three.csv"]
     assert any(line["message"] == "skipped record: malformed" for line in lambda_logs())
 
@@ -193,7 +219,7 @@ def test_a_record_that_is_not_an_object_is_skipped(lambda_cloud) -> None:
 
     summary = handler.handler(event, None)
 
-    assert (summary["queued"], summary["skipped"]) == (1, 1)
+    assert (summary["queued"], summary["malformed"]) == (1, 1)
 
 
 def test_more_than_ten_objects_go_in_several_batches(lambda_cloud) -> None:
@@ -259,35 +285,124 @@ def test_failed_entries_are_retried_until_sent(lambda_cloud, monkeypatch, no_sen
 
     summary = handler.handler(s3_event("in/a.csv", "in/b.csv", "in/c.csv"), None)
 
-    assert summary["queued"] == 3 and summary["failed"] == 0
+    assert summary["queued"] == 3 and summary["parked"] == 0
     assert queue.batch_calls == 3
     assert sorted(m["key"] for m in lambda_cloud.messages()) == ["in/a.csv", "in/b.csv", "in/c.csv"]
 
 
-def test_persistent_failure_raises_after_queueing_and_scaling_the_rest(
+def test_objects_that_cannot_be_queued_are_parked_and_redriven_by_the_next_run(
     lambda_cloud, monkeypatch, no_send_backoff, lambda_logs
 ) -> None:
     queue = FlakyQueue(handler.client("sqs"), {"in/b.csv": 99})
     use_queue(monkeypatch, queue)
 
-    with pytest.raises(handler.QueueError, match=r"s3://model-endpoint-local-input/in/b\.csv"):
-        handler.handler(s3_event("in/a.csv", "in/b.csv", "in/c.csv"), None)
+    summary = handler.handler(s3_event("in/a.csv", "in/b.csv", "in/c.csv"), None)
 
+    assert (summary["queued"], summary["parked"]) == (2, 1)
     assert queue.batch_calls == handler.SEND_ATTEMPTS
     assert sorted(m["key"] for m in lambda_cloud.messages()) == ["in/a.csv", "in/c.csv"]
     assert len(lambda_cloud.running()) == 2
-    summary = [line for line in lambda_logs() if line["message"] == "summary"]
-    assert summary[0]["failed"] == 1 and summary[0]["queued"] == 2
+    monkeypatch.undo()
+    handler.client.cache_clear()
+
+    again = handler.handler(load_event("eventbridge_scheduled.json"), None)
+
+    assert again["redriven"] == 1
+    assert [m["key"] for m in lambda_cloud.messages()] == ["in/b.csv"]
+    assert lambda_cloud.failure_records() == []
 
 
-def test_sender_fault_is_not_retried(lambda_cloud, monkeypatch, no_send_backoff) -> None:
+def test_sender_fault_is_not_retried_and_the_object_is_parked(
+    lambda_cloud, monkeypatch, no_send_backoff
+) -> None:
     queue = FlakyQueue(handler.client("sqs"), {"in/b.csv": 99}, sender_fault=True)
     use_queue(monkeypatch, queue)
 
-    with pytest.raises(handler.QueueError):
+    summary = handler.handler(s3_event("in/a.csv", "in/b.csv"), None)
+
+    assert queue.batch_calls == 1 and summary["parked"] == 1
+    [record] = lambda_cloud.failure_records()
+    assert record["requestContext"]["condition"] == handler.PARKED_CONDITION
+    assert [job["key"] for job in record["requestPayload"]["jobs"]] == ["in/b.csv"]
+
+
+def test_raises_only_when_an_object_can_be_neither_queued_nor_parked(
+    lambda_cloud, monkeypatch, no_send_backoff
+) -> None:
+    lambda_cloud.configure(monkeypatch, FAILURE_QUEUE_URL=lambda_cloud.failure_queue_url + "-gone")
+    use_queue(monkeypatch, FlakyQueue(handler.client("sqs"), {"in/b.csv": 99}))
+
+    with pytest.raises(handler.QueueError, match=r"s3://model-endpoint-local-input/in/b\.csv"):
         handler.handler(s3_event("in/a.csv", "in/b.csv"), None)
 
-    assert queue.batch_calls == 1
+
+def test_a_failed_invocation_record_is_redriven_from_the_failure_queue(lambda_cloud) -> None:
+    """The record Lambda sends to an on-failure destination, in the documented shape
+    (https://docs.aws.amazon.com/lambda/latest/dg/invocation-async-retain-records.html):
+    its requestPayload is the original S3 event."""
+    for name in (
+        "lambda_destination_on_failure.json",
+        "lambda_destination_event_age_exceeded.json",
+    ):
+        body = (EVENTS / name).read_text(encoding="utf-8")
+        lambda_cloud.sqs.send_message(QueueUrl=lambda_cloud.failure_queue_url, MessageBody=body)
+
+    summary = handler.handler(load_event("eventbridge_scheduled.json"), None)
+
+    assert summary["redriven"] == 6
+    keys = sorted(message["key"] for message in lambda_cloud.messages())
+    original = [r["s3"]["object"]["key"] for r in load_event(SEVERAL)["Records"]]
+    assert keys == sorted(original * 2)
+    assert lambda_cloud.failure_records() == []
+
+
+def test_a_parked_record_with_a_broken_job_settles_the_others(lambda_cloud) -> None:
+    record = {
+        "requestContext": {"condition": handler.PARKED_CONDITION},
+        "requestPayload": {
+            "jobs": [
+                "not a job",
+                {"bucket": "model-endpoint-local-input", "key": "in/x.csv", "size": "big"},
+                {
+                    "bucket": "model-endpoint-local-input",
+                    "key": "in/ok.csv",
+                    "etag": "e",
+                    "size": 3,
+                    "version_id": None,
+                    "event_time": "2026-11-25T12:00:00Z",
+                },
+            ]
+        },
+    }
+    body = json.dumps(record)
+    lambda_cloud.sqs.send_message(QueueUrl=lambda_cloud.failure_queue_url, MessageBody=body)
+
+    summary = handler.handler({}, None)
+
+    assert summary["redriven"] == 1
+    assert [m["key"] for m in lambda_cloud.messages()] == ["in/ok.csv"]
+    assert lambda_cloud.failure_records() == []
+
+
+def test_an_unreadable_failure_record_is_dropped_with_a_log_line(lambda_cloud, lambda_logs) -> None:
+    lambda_cloud.sqs.send_message(QueueUrl=lambda_cloud.failure_queue_url, MessageBody="{broken")
+
+    handler.handler({}, None)
+
+    assert lambda_cloud.failure_records() == []
+    assert any(line["event"] == "unreadable failure record dropped" for line in lambda_logs())
+
+
+def test_run_task_failing_never_raises_and_queues_each_object_once(
+    lambda_cloud, monkeypatch, lambda_logs
+) -> None:
+    lambda_cloud.configure(monkeypatch, TASK_DEFINITION="no-such-task-definition")
+
+    summary = handler.handler(s3_event("in/a.csv", "in/b.csv"), None)
+
+    assert (summary["queued"], summary["started"], summary["scale_failed"]) == (2, 0, 1)
+    assert sorted(m["key"] for m in lambda_cloud.messages()) == ["in/a.csv", "in/b.csv"]
+    assert any(line["event"].startswith("rescale failed") for line in lambda_logs())
 
 
 # --- scaling --------------------------------------------------------------------------------
@@ -534,6 +649,8 @@ def _config() -> handler.Config:
     return handler.Config.from_env(
         {
             "JOB_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/jobs",
+            "INPUT_BUCKET": "input",
+            "OUTPUT_BUCKET": "output",
             "CLUSTER_NAME": "batch",
             "TASK_DEFINITION": "worker",
             "SUBNETS": "subnet-1, subnet-2",
@@ -573,6 +690,9 @@ def test_config_defaults_and_parsing() -> None:
         ("ASSIGN_PUBLIC_IP", "yes", "ASSIGN_PUBLIC_IP='yes' is invalid; accepts one of ENABLED"),
         ("LAUNCH_TYPE", "LAMBDA", "LAUNCH_TYPE='LAMBDA' is invalid; accepts one of FARGATE"),
         ("TRIGGER_SUFFIXES", "parquet,csv", "TRIGGER_SUFFIXES='parquet,csv' is invalid"),
+        ("TRIGGER_SUFFIXES", ".csv,.parquet.gz", "TRIGGER_SUFFIXES='.csv,.parquet.gz' names"),
+        ("INPUT_BUCKET", None, "INPUT_BUCKET is required"),
+        ("OUTPUT_BUCKET", "", "OUTPUT_BUCKET is required"),
         ("STARTED_BY", "batch worker!", "STARTED_BY='batch worker!' is invalid; accepts 1-128"),
     ],
 )
@@ -597,6 +717,8 @@ def test_every_bad_variable_is_reported_at_once(monkeypatch) -> None:
 
     assert [line.split(" ")[0] for line in str(raised.value).splitlines()] == [
         "JOB_QUEUE_URL",
+        "INPUT_BUCKET",
+        "OUTPUT_BUCKET",
         "CLUSTER_NAME",
         "TASK_DEFINITION",
         "MAX_WORKERS='-1'",

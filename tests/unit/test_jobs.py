@@ -120,17 +120,53 @@ def test_report_without_input_object_is_shown_with_a_note():
 
 def test_table_lists_rows_and_the_queue_summary():
     rows = [
-        jobs.JobRow("a.csv", "succeeded", 10, 1.25, "3", "2026-11-25T12:05:00Z"),
+        jobs.JobRow(
+            "a.csv", "succeeded", 10, 1.25, "3", "2026-11-25T12:05:00Z", model_name="churn"
+        ),
         jobs.JobRow("b.csv", "failed", message="missing columns: " + "x" * 200),
     ]
     text = jobs.render_table(rows, jobs.QueueCounts(4, 2, 1))
     lines = text.splitlines()
     assert lines[0].split() == ["key", "state", "rows", "seconds", "model", "finished", "message"]
-    assert lines[1].split()[:5] == ["a.csv", "succeeded", "10", "1.2", "3"]
+    assert lines[1].split()[:5] == ["a.csv", "succeeded", "10", "1.2", "churn:3"]
     message = lines[2][lines[2].index("missing") :]
     assert message.endswith("...") and len(message) == 80
     assert "1 failed, 1 succeeded" in text
     assert "queue: 4 waiting, 2 in flight; dead-letter queue: 1" in text
+
+
+def test_wide_characters_keep_the_columns_aligned():
+    rows = [
+        jobs.JobRow("日本語/データ.csv", "succeeded", 10, 1.0, "1", "t", model_name="m"),
+        jobs.JobRow("plain.csv", "failed", message="売上 " * 60),
+    ]
+    lines = jobs.render_table(rows, NO_QUEUE).splitlines()[:3]
+    state_column = {
+        jobs.display_width(line[: line.index(state)])
+        for line, state in zip(lines, ["state", "succeeded", "failed"], strict=True)
+    }
+    assert len(state_column) == 1, lines
+    cut = lines[2][lines[2].index("売") :]
+    assert cut.endswith("...") and jobs.display_width(cut) <= jobs.MESSAGE_WIDTH
+
+
+def test_the_message_column_gives_the_reason_without_the_uri():
+    failed = report(
+        "failed",
+        input_bucket="in",
+        input_key="d/a.csv",
+        message="s3://in/d/a.csv: missing columns: age",
+    )
+    [row] = jobs.derive_rows([obj("d/a.csv")], {"d/a.csv": T0}, {"d/a.csv": failed}, NO_QUEUE)
+    assert row.message == "missing columns: age"
+    unreadable = dict(failed, message="s3://in/d/a.csv could not be read as csv (x)")
+    [row] = jobs.derive_rows([obj("d/a.csv")], {"d/a.csv": T0}, {"d/a.csv": unreadable}, NO_QUEUE)
+    assert row.message == "could not be read as csv (x)"
+
+
+def test_a_file_with_no_message_says_what_to_do():
+    [row] = jobs.derive_rows([obj("lost.csv")], {}, {}, NO_QUEUE)
+    assert row.state == "no message" and "--requeue-missing" in row.message
 
 
 TEMPLATE = {
@@ -171,7 +207,7 @@ def test_main_reads_the_stack_and_never_receives(aws, capsys, monkeypatch):
     s3, sqs = aws
     etag = s3.put_object(Bucket="jobs-input", Key="a/done.csv", Body=b"x")["ETag"].strip('"')
     s3.put_object(Bucket="jobs-input", Key="a/waiting.parquet", Body=b"y")
-    s3.put_object(Bucket="jobs-input", Key="a/ignored.txt", Body=b"z")
+    s3.put_object(Bucket="jobs-input", Key="a/notes.txt", Body=b"z")
     document = {
         "status": "succeeded",
         "input_key": "a/done.csv",
@@ -195,10 +231,40 @@ def test_main_reads_the_stack_and_never_receives(aws, capsys, monkeypatch):
     output = json.loads(capsys.readouterr().out)
     assert output["queue"] == {"visible": 1, "in_flight": 0, "dead_letters": 0}
     files = {row["key"]: row for row in output["files"]}
-    assert set(files) == {"a/done.csv", "a/waiting.parquet"}
+    assert set(files) == {"a/done.csv", "a/waiting.parquet", "a/notes.txt"}
     assert files["a/done.csv"]["state"] == "succeeded" and files["a/done.csv"]["rows"] == 7
-    assert files["a/waiting.parquet"]["state"] == "queued"
+    assert {files[k]["state"] for k in ("a/waiting.parquet", "a/notes.txt")} == {
+        "queued",
+        "no message",
+    }
 
     assert jobs.main(["--stack", "model-endpoint-local"]) == 0
     table = capsys.readouterr().out
     assert "a/done.csv" in table and "succeeded" in table and "1 queued" in table
+
+
+def test_requeue_missing_is_a_dry_run_until_applied(aws, capsys):
+    s3, sqs = aws
+    for key in ("r/one.csv", "r/two.jsonl", "r/three.parquet"):
+        s3.put_object(Bucket="jobs-input", Key=key, Body=key.encode())
+    etag = s3.head_object(Bucket="jobs-input", Key="r/one.csv")["ETag"].strip('"')
+    document = json.dumps({"status": "succeeded", "input_etag": etag})
+    s3.put_object(Bucket="jobs-output", Key="preds/_reports/r/one.csv.json", Body=document)
+    queue = sqs.get_queue_url(QueueName="jobs")["QueueUrl"]
+
+    def waiting() -> int:
+        attributes = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["All"])
+        return int(attributes["Attributes"]["ApproximateNumberOfMessages"])
+
+    assert jobs.main(["--requeue-missing"]) == 0
+    printed = capsys.readouterr().out
+    assert "would queue s3://jobs-input/r/two.jsonl" in printed
+    assert "would queue s3://jobs-input/r/three.parquet" in printed
+    assert "r/one.csv" not in printed and waiting() == 0
+
+    assert jobs.main(["--requeue-missing", "--apply", "--limit", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "stopped at --limit 1" in printed and "queued 1 file(s)" in printed
+    assert waiting() == 1
+    body = json.loads(sqs.receive_message(QueueUrl=queue)["Messages"][0]["Body"])
+    assert body["bucket"] == "jobs-input" and body["key"] in {"r/two.jsonl", "r/three.parquet"}

@@ -215,7 +215,12 @@ def test_lambda_zip_is_reproducible_and_keyed_by_content(tmp_path):
     import io
     import zipfile
 
-    assert zipfile.ZipFile(io.BytesIO(first)).namelist() == ["handler.py"]
+    assert zipfile.ZipFile(io.BytesIO(first)).namelist() == [
+        "handler.py",
+        "service/__init__.py",
+        "service/batch_contract.py",
+        "service/jsonlog.py",
+    ]
 
 
 def test_format_changes_is_a_table():

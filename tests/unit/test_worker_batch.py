@@ -35,34 +35,39 @@ REPORT_FIELDS = [
 
 
 @pytest.mark.parametrize(
-    ("key", "expected"),
+    "key",
     [
-        ("x.parquet", "x"),
-        ("a/b/c/d.parquet", "a/b/c/d"),
-        ("a/b.c.csv.gz", "a/b.c"),
-        ("a/b.c.csv", "a/b.c"),
-        ("data.jsonl.gz", "data"),
-        ("UPPER/FILE.CSV.GZ", "UPPER/FILE"),
-        ("dir.with.dots/file.jsonl", "dir.with.dots/file"),
-        ("ünïcödé/dätä €.parquet", "ünïcödé/dätä €"),
-        ("with space/and more.csv", "with space/and more"),
-        ("k=v/a+b=c.csv", "k=v/a+b=c"),
-        ("odd/readme.txt", "odd/readme.txt"),
+        "x.parquet",
+        "a/b/c/d.parquet",
+        "a/b.c.csv.gz",
+        "UPPER/FILE.CSV.GZ",
+        "ünïcödé/dätä €.parquet",
+        "with space/and more.csv",
+        "k=v/a+b=c.csv",
     ],
 )
-def test_output_key_replaces_the_format_extensions(key, expected):
+def test_output_key_keeps_the_whole_input_key_and_appends_the_format(key):
     out = batch.output_key("predictions", "example", "3", key, "parquet")
-    assert out == f"predictions/model=example/version=3/{expected}.parquet"
+    assert out == f"predictions/model=example/version=3/{key}.parquet"
+
+
+def test_inputs_with_the_same_stem_never_share_an_output():
+    keys = ["d/rows.csv", "d/rows.CSV", "d/rows.csv.gz", "d/rows.jsonl", "d/rows.parquet", "d/rows"]
+    outputs = {batch.output_key("p", "m", "1", key, "parquet") for key in keys}
+    assert len(outputs) == len(keys)
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
 def test_output_key_suffix_follows_output_format(fmt):
-    assert batch.output_key("p", "m", "1", "a.csv.gz", fmt) == f"p/model=m/version=1/a.{fmt}"
+    assert batch.output_key("p", "m", "1", "a.csv.gz", fmt) == f"p/model=m/version=1/a.csv.gz.{fmt}"
 
 
 @pytest.mark.parametrize(
     ("prefix", "expected"),
-    [("", "model=m/version=1/a.csv"), ("/deep/er/", "deep/er/model=m/version=1/a.csv")],
+    [
+        ("", "model=m/version=1/a.parquet.csv"),
+        ("/deep/er/", "deep/er/model=m/version=1/a.parquet.csv"),
+    ],
 )
 def test_output_key_with_empty_or_slashed_prefix(prefix, expected):
     assert batch.output_key(prefix, "m", "1", "a.parquet", "csv") == expected

@@ -18,12 +18,17 @@ import pytest
 from botocore.exceptions import ClientError, ResponseStreamingError
 from moto import mock_aws
 
+from service import lease as lease_module
+from service import transform as transform_module
 from service import worker as worker_module
 from service.artifacts import ModelStore
 from service.errors import InvalidData
 from service.files import FileFormat
+from service.jsonlog import JsonFormatter
+from service.lease import Heartbeat
 from service.settings import WorkerSettings, load_settings
-from service.worker import Heartbeat, JsonFormatter, Worker, join_columns, transform_file
+from service.transform import join_columns, transform_file
+from service.worker import Worker
 from tests.support import wait_for
 
 REGION = "us-east-1"
@@ -116,23 +121,27 @@ def moto_env(monkeypatch: pytest.MonkeyPatch, bundle_dir) -> Iterator[Any]:
 
 
 @pytest.fixture
-def events(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+def events(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, Any]]]:
+    """The structured fields of every line the worker's modules log."""
     seen: list[dict[str, Any]] = []
-    original = worker_module.log_event
 
-    def record(level: int, event: str, **fields: Any) -> None:
-        seen.append({"event": event, **fields})
-        original(level, event, **fields)
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(dict(getattr(record, "fields", {})))
 
-    monkeypatch.setattr(worker_module, "log_event", record)
-    return seen
+    logger = logging.getLogger("service.worker")
+    collector = Collect()
+    monkeypatch.setattr(logger, "level", logging.INFO)
+    logger.addHandler(collector)
+    yield seen
+    logger.removeHandler(collector)
 
 
 def test_run_processes_a_file_and_exits_when_idle(moto_env, sample_frame, bundle, events):
     env = moto_env()
     etag = env.upload("dir/rows.parquet", sample_frame)
     assert env.worker.run() == 0
-    out_key = "predictions/model=example/version=1/dir/rows.parquet"
+    out_key = "predictions/model=example/version=1/dir/rows.parquet.parquet"
     head = env.s3.head_object(Bucket="output", Key=out_key)
     assert head["Metadata"] == {
         "input-etag": etag,
@@ -173,11 +182,13 @@ def test_transient_error_leaves_the_message_for_a_retry_soon(moto_env, sample_fr
     error = ClientError(
         {"Error": {"Code": "SlowDown"}, "ResponseMetadata": {"HTTPStatusCode": 503}}, "GetObject"
     )
-    monkeypatch.setattr(env.worker.s3, "get_object", lambda **kw: (_ for _ in ()).throw(error))
-    changes: list[int] = []
-    original = worker_module.Lease.change
     monkeypatch.setattr(
-        worker_module.Lease, "change", lambda self, s: changes.append(s) or original(self, s)
+        env.worker.pipeline.files.s3, "get_object", lambda **kw: (_ for _ in ()).throw(error)
+    )
+    changes: list[int] = []
+    original = lease_module.Lease.change
+    monkeypatch.setattr(
+        lease_module.Lease, "change", lambda self, s: changes.append(s) or original(self, s)
     )
     env.worker.handle(env.receive())
     assert changes == [5], "visibility reset to the first backoff step"
@@ -192,7 +203,7 @@ def test_unknown_crash_keeps_the_message_and_reports(moto_env, sample_frame, mon
     def explode(bundle, frame):
         raise RuntimeError("model exploded")
 
-    monkeypatch.setattr(worker_module, "predict", explode)
+    monkeypatch.setattr(transform_module, "predict", explode)
     env.worker.handle(env.receive())
     assert env.counts() == (0, 1), "not deleted: it comes back after the visibility timeout"
     report = env.report("crash.parquet")
@@ -205,7 +216,7 @@ def test_unknown_crash_keeps_the_message_and_reports(moto_env, sample_frame, mon
 def test_failure_that_cannot_be_reported_is_not_deleted(moto_env, monkeypatch):
     env = moto_env()
     env.upload("bad.parquet", data=b"not parquet at all")
-    monkeypatch.setattr(env.worker, "_put_report", lambda report: 1 / 0)
+    monkeypatch.setattr(env.worker.pipeline.files, "put_report", lambda report: 1 / 0)
     env.worker.handle(env.receive())
     assert env.counts() == (0, 1)
 
@@ -233,13 +244,13 @@ def test_stopping_hands_a_new_message_back_untouched(moto_env, sample_frame):
 def test_stop_during_the_file_aborts_and_releases(moto_env, sample_frame, monkeypatch):
     env = moto_env(BATCH_ROWS="10")
     env.upload("long.parquet", sample_frame)
-    real_predict = worker_module.predict
+    real_predict = transform_module.predict
 
     def predict_then_stop(bundle, frame):
         env.stopping.set()
         return real_predict(bundle, frame)
 
-    monkeypatch.setattr(worker_module, "predict", predict_then_stop)
+    monkeypatch.setattr(transform_module, "predict", predict_then_stop)
     env.worker.handle(env.receive())
     assert env.counts() == (1, 0), "visible again at once"
     assert env.s3.list_objects_v2(Bucket="output").get("KeyCount", 0) == 0
@@ -284,7 +295,7 @@ def test_heartbeat_interval_is_a_third_of_the_visibility():
 def test_sigterm_sets_the_stop_event_and_handlers_are_restored():
     stopping = threading.Event()
     before = signal.getsignal(signal.SIGTERM)
-    restore = worker_module.install_stop_handlers(stopping)
+    restore = lease_module.install_stop_handlers(stopping)
     try:
         os.kill(os.getpid(), signal.SIGTERM)
         wait_for(stopping.is_set, 2, "the stop event", 0.02)
@@ -310,7 +321,7 @@ def test_no_model_exits_with_code_3(tmp_path, monkeypatch):
 
 
 def test_join_columns_appends_the_prediction_to_the_input(sample_frame, bundle):
-    predictions = worker_module.predict(bundle, sample_frame)
+    predictions = transform_module.predict(bundle, sample_frame)
     joined = join_columns(sample_frame, predictions, bundle)
     assert list(joined.columns) == [*sample_frame.columns, "activation"]
     assert joined["activation"].tolist() == predictions["activation"].tolist()
@@ -324,7 +335,7 @@ def test_transform_file_streams_batches_and_rejects_zero_rows(tmp_path, sample_f
     rows = transform_file(str(source), FileFormat("parquet"), str(target), bundle, "csv", 7)
     assert rows == len(sample_frame)
     written = pd.read_csv(target)
-    expected = worker_module.predict(bundle, sample_frame)
+    expected = transform_module.predict(bundle, sample_frame)
     assert written["id"].tolist() == expected["id"].tolist()
     assert (written["activation"] - expected["activation"]).abs().max() < 1e-9
 
@@ -361,7 +372,7 @@ def test_download_resumes_a_broken_stream_under_the_same_condition(
 ):
     env = moto_env()
     etag = env.upload("resume.parquet", sample_frame)
-    real_get = env.worker.s3.get_object
+    real_get = env.worker.pipeline.files.s3.get_object
     calls: list[dict[str, Any]] = []
 
     def flaky_get(**kwargs: Any) -> dict[str, Any]:
@@ -371,7 +382,7 @@ def test_download_resumes_a_broken_stream_under_the_same_condition(
             response["Body"] = BrokenBody(response["Body"], after=1000)
         return response
 
-    monkeypatch.setattr(env.worker.s3, "get_object", flaky_get)
+    monkeypatch.setattr(env.worker.pipeline.files.s3, "get_object", flaky_get)
     env.worker.handle(env.receive())
     assert env.report("resume.parquet")["status"] == "succeeded"
     assert [call.get("Range") for call in calls] == [None, "bytes=1000-"]
