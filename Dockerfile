@@ -18,11 +18,17 @@ ENV VIRTUAL_ENV=/opt/venv \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 FROM base AS deps
-COPY requirements.txt constraints.txt /tmp/deps/
+# requirements-model.txt: the packages served models need beyond scikit-learn (LightGBM, ...).
+COPY requirements.txt requirements-model.txt constraints.txt /tmp/deps/
 RUN python3 -m venv "$VIRTUAL_ENV" \
-    && pip install -r /tmp/deps/requirements.txt -c /tmp/deps/constraints.txt
+    && pip install -r /tmp/deps/requirements.txt -r /tmp/deps/requirements-model.txt \
+        -c /tmp/deps/constraints.txt
 
 FROM base AS service
+# libgomp1: the OpenMP runtime LightGBM's wheel links against (absent from slim images).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgomp1 \
+    && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --no-create-home --home-dir /app app
 COPY --from=deps /opt/venv /opt/venv
@@ -32,6 +38,7 @@ USER app
 ENV HOST=0.0.0.0 \
     PORT=8080
 EXPOSE 8080
+LABEL com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true
 # /ping is 200 only while a model is loaded. A worker container serves no HTTP, so the
 # check passes for it (ECS and SageMaker use their own checks and ignore this one).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
@@ -42,7 +49,7 @@ CMD ["serve"]
 # The local cloud (moto + Lambda runtime + ECS agent) running the same code in one container.
 FROM service AS localcloud
 USER root
-COPY requirements.txt requirements-local.txt constraints.txt /tmp/deps/
+COPY requirements.txt requirements-model.txt requirements-local.txt constraints.txt /tmp/deps/
 RUN pip install -r /tmp/deps/requirements-local.txt -c /tmp/deps/constraints.txt \
     && mkdir -p /app/.localcloud && chown app:app /app/.localcloud
 COPY localcloud/ localcloud/

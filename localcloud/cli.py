@@ -209,6 +209,9 @@ def _announce(
         f"  export AWS_ENDPOINT_URL={settings.endpoint_url} AWS_DEFAULT_REGION={settings.region}"
         f" AWS_ACCESS_KEY_ID={DUMMY_KEY} AWS_SECRET_ACCESS_KEY={DUMMY_KEY}",
     )
+    console.line(
+        NAME, f"  AWS CLI v1 ignores it for sqs: aws sqs ... --endpoint-url {settings.endpoint_url}"
+    )
     if "InputBucketName" in stack.outputs:
         console.line(NAME, "make sample rows for the example model, then upload them:")
         console.line(

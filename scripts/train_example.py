@@ -1,12 +1,17 @@
-"""Train the example model and write its bundle to a folder or an S3 prefix.
+"""Train an example model and write its bundle to a folder or an S3 prefix.
 
     python scripts/train_example.py --out bundles/example/1/
     python scripts/train_example.py --out s3://my-model-bucket/models/example/1/ --version 1
+    python scripts/train_example.py --kind mixed --out bundles/mixed/1/ --sample rows.parquet
 
-The model is a logistic regression on scikit-learn's bundled breast-cancer data,
+The default is a logistic regression on scikit-learn's bundled breast-cancer data,
 with the original template's four artifacts: model, scaler, column means, columns.
-`--sample FILE` also writes some rows (with an `id` column and a few missing
-values) to try the endpoint and the batch transform with.
+`--kind` trains a whole scikit-learn Pipeline instead (see `examples.py`: `mixed`,
+a binary classifier on string categories, a boolean, a datetime and missing values;
+`multiclass`, three wine cultivars with string labels; `regression`, the diabetes
+data) and packages it as `package_model.py --pipeline` does. `--sample FILE` also
+writes some rows (with an `id` column and a few missing values) to try the
+endpoint and the batch transform with.
 """
 
 import argparse
@@ -23,6 +28,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from service.artifacts import write_bundle
 
@@ -70,14 +76,9 @@ def sample_rows(rows: int = 100, seed: int = 1, missing: float = 0.02) -> pd.Dat
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="folder or s3://bucket/prefix/ for the bundle")
-    parser.add_argument("--name", default="example")
-    parser.add_argument("--version", default="1")
-    parser.add_argument("--regularisation", type=float, default=1.0, help="C of the regression")
-    parser.add_argument("--sample", help="also write sample rows to this .parquet/.csv/.jsonl")
-    parser.add_argument("--sample-rows", type=int, default=100)
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
+    if args.kind != "breast-cancer":
+        return train_kind(args)
     artifacts = train(regularisation=args.regularisation)
     write_bundle(args.out, bundle_files(artifacts), name=args.name, version=args.version)
     print(f"bundle {args.name} version {args.version} written to {args.out}")
@@ -87,11 +88,48 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def train_kind(args: argparse.Namespace) -> int:
+    """Train and package one of the pipeline examples (examples.py)."""
+    import examples
+    import package_model
+
+    estimator, training = examples.train(args.kind)
+    options = package_model.parser().parse_args(
+        ["--name", args.name, "--version", args.version, "--out", args.out]
+        + (["--label-column", "label"] if args.kind == "mixed" else [])
+        + (["--output-column", "prediction"] if args.kind == "regression" else [])
+    )
+    options.format = "joblib"
+    package_model.package_pipeline(estimator, training, options)
+    print(f"bundle {args.name} version {args.version} ({args.kind}) written to {args.out}")
+    if args.sample:
+        write_sample(examples.sample_rows(args.kind, args.sample_rows), args.sample)
+        print(f"{args.sample_rows} sample rows written to {args.sample}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="folder or s3://bucket/prefix/ for the bundle")
+    parser.add_argument("--name", default="example")
+    parser.add_argument("--version", default="1")
+    parser.add_argument("--regularisation", type=float, default=1.0, help="C of the regression")
+    parser.add_argument("--sample", help="also write sample rows to this .parquet/.csv/.jsonl")
+    parser.add_argument("--sample-rows", type=int, default=100)
+    parser.add_argument(
+        "--kind",
+        choices=("breast-cancer", "mixed", "multiclass", "regression"),
+        default="breast-cancer",
+        help="the example: the four-artifact default, or a whole Pipeline of that kind",
+    )
+    return parser
+
+
 def write_sample(frame: pd.DataFrame, path: str) -> None:
     if path.endswith(".csv"):
         frame.to_csv(path, index=False)
     elif path.endswith(".jsonl"):
-        frame.to_json(path, orient="records", lines=True)
+        frame.to_json(path, orient="records", lines=True, date_format="iso")
     else:
         frame.to_parquet(path, index=False)
 

@@ -6,6 +6,7 @@ swaps in a new one, fully loaded, when the manifest at the same URI changes.
 """
 
 import hashlib
+import importlib.metadata
 import io
 import json
 import logging
@@ -13,7 +14,7 @@ import pickle  # only ever applied to bytes whose sha256 the manifest vouches fo
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
@@ -21,18 +22,28 @@ from urllib.parse import urlparse
 import joblib
 
 from service.errors import HashMismatch, ManifestError, ModelError
+from service.schema import Field, parse_schema
+from service.tasks import task_of
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 REQUIRED_FILES = ("model", "mean", "columns")
+PIPELINE_REQUIRED_FILES = ("model",)
 DEFAULT_ID_COLUMN = "id"
 DEFAULT_OUTPUT_COLUMN = "activation"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Bundle:
-    """A loaded model bundle: everything prepare + predict needs, read-only."""
+    """A loaded model bundle: everything prepare + predict needs, read-only.
+
+    Two kinds: the original four artifacts (`columns` in model order, `mean`,
+    optional `scaler`), or one estimator/Pipeline with an input `schema` (then
+    `columns` are the schema's numeric columns, the ones files are read as float64).
+    `files` keeps every file the manifest lists, deserialised, by role, so a
+    `ModelWrap` can use extra files without reading them again.
+    """
 
     name: str
     version: str
@@ -43,10 +54,21 @@ class Bundle:
     id_column: str
     output_column: str
     etag: str
+    schema: tuple[Field, ...] = ()
+    files: Mapping[str, Any] = field(default_factory=dict)
+    manifest: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def input_columns(self) -> tuple[str, ...]:
         """The feature columns in the bundle's input order (how positional input is read)."""
+        if self.schema:
+            return tuple(f.name for f in self.schema)
+        return self.columns
+
+    @property
+    def numeric_columns(self) -> tuple[str, ...]:
+        """The input columns that hold numbers (files read them as float64, so a type
+        guessed from a file's first block cannot clash with a later one)."""
         return self.columns
 
 
@@ -135,8 +157,12 @@ def load_bundle(uri: str | BundleSource) -> Bundle:
     source = open_source(uri) if isinstance(uri, str) else uri
     raw, tag = source.read(MANIFEST)
     manifest = parse_manifest(raw, source.uri)
+    require_packages(manifest.get("requirements") or {}, source.uri)
     files = manifest["files"]
     loaded = {role: _load_file(source, role, files[role]) for role in files}
+    task_of(loaded["model"], manifest, source.uri)  # refuses answer columns that collide
+    if "input_schema" in manifest:
+        return _pipeline_bundle(manifest, loaded, tag, source.uri)
     columns = _columns(loaded["columns"], source.uri)
     return Bundle(
         name=str(manifest["name"]),
@@ -148,7 +174,63 @@ def load_bundle(uri: str | BundleSource) -> Bundle:
         id_column=manifest.get("id_column", DEFAULT_ID_COLUMN),
         output_column=manifest.get("output_column", DEFAULT_OUTPUT_COLUMN),
         etag=tag,
+        files=loaded,
+        manifest=manifest,
     )
+
+
+def _pipeline_bundle(
+    manifest: Mapping[str, Any], loaded: dict[str, Any], tag: str, uri: str
+) -> Bundle:
+    schema = parse_schema(manifest["input_schema"], uri)
+    model = loaded["model"]
+    expected = getattr(model, "feature_names_in_", None)
+    if expected is not None and list(expected) != [f.name for f in schema]:
+        raise ManifestError(
+            f"manifest at {uri}: input_schema lists {[f.name for f in schema]} but the model "
+            f"was fitted on {list(expected)}: package the model again"
+        )
+    return Bundle(
+        name=str(manifest["name"]),
+        version=str(manifest["version"]),
+        model=model,
+        scaler=None,
+        mean={},
+        columns=tuple(f.name for f in schema if f.type in ("number", "integer")),
+        id_column=manifest.get("id_column", DEFAULT_ID_COLUMN),
+        output_column=manifest.get("output_column", DEFAULT_OUTPUT_COLUMN),
+        etag=tag,
+        schema=schema,
+        files=loaded,
+        manifest=manifest,
+    )
+
+
+def require_packages(requirements: Any, uri: str) -> None:
+    """Refuse, naming them, a bundle whose model needs packages this image lacks (before
+    anything is deserialised: unpickling would fail with a less helpful message)."""
+    if not isinstance(requirements, dict):
+        raise ManifestError(f"manifest at {uri}: requirements must map package names to versions")
+    absent = []
+    for package, wanted in requirements.items():
+        try:
+            installed = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            absent.append(f"{package}=={wanted}" if wanted else str(package))
+            continue
+        if wanted and installed != wanted:
+            log.warning(
+                "bundle at %s was packaged with %s %s; %s is installed",
+                uri,
+                package,
+                wanted,
+                installed,
+            )
+    if absent:
+        raise ModelError(
+            f"the model at {uri} needs {', '.join(absent)}, not installed here: add it to "
+            "requirements-model.txt and rebuild the image (or the local cloud's environment)"
+        )
 
 
 def parse_manifest(raw: bytes, uri: str) -> dict[str, Any]:
@@ -165,7 +247,8 @@ def parse_manifest(raw: bytes, uri: str) -> dict[str, Any]:
     files = manifest["files"]
     if not isinstance(files, dict):
         raise ManifestError(f"{MANIFEST} at {uri}: 'files' must be an object")
-    absent = [role for role in REQUIRED_FILES if role not in files]
+    required = PIPELINE_REQUIRED_FILES if "input_schema" in manifest else REQUIRED_FILES
+    absent = [role for role in required if role not in files]
     if absent:
         raise ManifestError(f"{MANIFEST} at {uri} lists no {', '.join(absent)} file")
     for role, entry in files.items():
@@ -189,7 +272,11 @@ def _load_file(source: BundleSource, role: str, entry: Mapping[str, str]) -> Any
             f"files.{role} has format {fmt!r}; use one of {', '.join(DESERIALISERS)}"
         )
     try:
+        if fmt == "skops":
+            return _load_skops(data, entry.get("trusted", []), entry["path"])
         return deserialise(data)
+    except ModelError:
+        raise
     except Exception as exc:
         raise ModelError(f"cannot deserialise {entry['path']} ({fmt}): {exc}") from None
 
@@ -199,16 +286,22 @@ def _format_from_path(path: str) -> str:
     return {"pkl": "pickle", "pickle": "pickle", "skops": "skops"}.get(suffix, suffix)
 
 
-def _load_skops(data: bytes) -> Any:
+def _load_skops(data: bytes, trusted: Any = None, path: str = "the skops file") -> Any:
+    """skops' safe loader, trusting only the types the packager listed in the manifest
+    (`files.<role>.trusted`); any other type it would need is refused by name."""
     import skops.io
 
-    untrusted = skops.io.get_untrusted_types(data=data)
-    if untrusted:
+    trusted = [] if trusted is None else trusted
+    if not isinstance(trusted, list) or not all(isinstance(t, str) for t in trusted):
+        raise ManifestError(f"the manifest's 'trusted' for {path} must be a list of type names")
+    needed = skops.io.get_untrusted_types(data=data)
+    refused = sorted(set(needed) - {str(t) for t in trusted})
+    if refused:
         raise ModelError(
-            f"the skops file holds types skops does not trust by default: {', '.join(untrusted)}; "
-            "save the model with joblib or review and convert it"
+            f"{path} holds types the manifest does not trust: {', '.join(refused)}; package "
+            "the model again with scripts/package_model.py (which lists them) after review"
         )
-    return skops.io.loads(data)
+    return skops.io.loads(data, trusted=needed)
 
 
 DESERIALISERS = {
@@ -241,29 +334,40 @@ def write_bundle(
     version: str,
     id_column: str = DEFAULT_ID_COLUMN,
     output_column: str = DEFAULT_OUTPUT_COLUMN,
+    fields: Mapping[str, Any] | None = None,
+    file_fields: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Write `files` ({role: (path, bytes, format)}) then the manifest, last, to `dest`.
 
-    The manifest goes last so a reader polling it never sees a bundle whose files
-    are not all there yet.
+    `fields` adds manifest keys (a pipeline bundle's `input_schema`, ...) and
+    `file_fields` keys of one file's entry (skops' `trusted` types). The manifest
+    goes last so a reader polling it never sees a bundle whose files are not all
+    there yet.
     """
-    entries: dict[str, dict[str, str]] = {}
+    entries: dict[str, dict[str, Any]] = {}
     for role, (path, data, fmt) in files.items():
         entries[role] = {"path": path, "sha256": hashlib.sha256(data).hexdigest()}
         if fmt:
             entries[role]["format"] = fmt
+        entries[role].update((file_fields or {}).get(role, {}))
     manifest = {
         "name": name,
         "version": version,
         "files": entries,
         "id_column": id_column,
         "output_column": output_column,
+        **(fields or {}),
     }
     writer = _writer_for(dest)
     for path, data, _ in files.values():
         writer(path, data)
     writer(MANIFEST, json.dumps(manifest, indent=2).encode())
     return manifest
+
+
+def write_file(dest: str, name: str, data: bytes) -> None:
+    """One more file beside a bundle (a folder or an S3 prefix), written atomically."""
+    _writer_for(dest)(name, data)
 
 
 def _writer_for(dest: str) -> Any:

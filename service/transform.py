@@ -49,7 +49,7 @@ def transform_file(
     rows = 0
 
     def predicted() -> Iterator[pd.DataFrame]:
-        frames = iter_batches(source, fmt, batch_rows, bundle.input_columns)
+        frames = iter_batches(source, fmt, batch_rows, bundle.numeric_columns)
         for frame in read_ahead(frames, READ_AHEAD):
             if should_stop():
                 raise Aborted("stopped between batches")

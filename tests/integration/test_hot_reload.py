@@ -25,6 +25,7 @@ from tests.endpoint_fixtures import (
     publish_with_bad_hash,
     wait_for,
 )
+from tests.model_kinds import kind_rows, write_kind_bundle
 
 POLL_SECONDS = 1.0
 SWITCH_MARGIN = 4.0
@@ -200,3 +201,84 @@ def test_broken_bundle_keeps_the_old_model_and_shows_in_metrics(
     for _, _, version, activation in load.results:
         np.testing.assert_allclose(activation, expected[version], rtol=0, atol=1e-9)
     assert reload_errors(scrape(server)) == {"": 0.0}
+
+
+@pytest.fixture(scope="module")
+def mixed_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """The example's rows plus the mixed pipeline's columns: both kinds of bundle answer them."""
+    extra = kind_rows("mixed", len(rows)).drop(columns="id")
+    return pd.concat([rows.reset_index(drop=True), extra], axis=1)
+
+
+@pytest.fixture(scope="module")
+def pipeline_v2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_kind_bundle("mixed", tmp_path_factory.mktemp("p2") / "bundle", version="2")
+
+
+@pytest.fixture(scope="module")
+def four_artifact_v3(tmp_path_factory: pytest.TempPathFactory, train_example) -> Path:
+    out = tmp_path_factory.mktemp("v3") / "bundle"
+    train_example.main(["--out", str(out), "--version", "3", "--regularisation", "0.01"])
+    return out
+
+
+def served_by_both_processes(server: EndpointServer, version: str) -> bool:
+    return metric(scrape(server), "endpoint_model_info", name="example", version=version) == 2
+
+
+def test_four_artifact_to_pipeline_and_back_without_a_failed_request(
+    server: EndpointServer,
+    live: Path,
+    pipeline_v2: Path,
+    four_artifact_v3: Path,
+    mixed_rows: pd.DataFrame,
+) -> None:
+    expected = expected_by_version(mixed_rows, live, pipeline_v2, four_artifact_v3)
+    sink = io.BytesIO()
+    mixed_rows.to_parquet(sink, index=False)
+    with Load(server.url, sink.getvalue()) as load:
+        wait_for(lambda: load.count() >= 20, 30, "requests answered by version 1")
+        for folder, version in ((pipeline_v2, "2"), (four_artifact_v3, "3")):
+            publish_bundle(folder, live)
+            wait_for(
+                lambda version=version: served_by_both_processes(server, version),
+                POLL_SECONDS + SWITCH_MARGIN,
+                f"both server processes to serve version {version}",
+            )
+            since = time.monotonic()
+            wait_for(lambda since=since: load.count(since) >= 20, 30, "requests after a switch")
+    assert load.failures == []
+    versions = [version for *_, version, _ in load.results]
+    assert {"1", "2", "3"} <= set(versions), set(versions)
+    for _, _, version, activation in load.results:
+        np.testing.assert_allclose(activation, expected[version], rtol=0, atol=1e-9)
+
+
+def test_bundle_needing_a_missing_package_keeps_the_old_model(
+    server: EndpointServer, live: Path, pipeline_v2: Path, mixed_rows: pd.DataFrame
+) -> None:
+    needs = {"version": "2", "requirements": {"no-such-model-package": "1.0"}}
+    publish_bundle(pipeline_v2, live, needs)
+
+    def refused() -> dict[str, float] | None:
+        failing = {e: n for e, n in reload_errors(scrape(server)).items() if n == 2}
+        return failing if any("no-such-model-package" in e for e in failing) else None
+
+    (message,) = wait_for(refused, POLL_SECONDS + SWITCH_MARGIN, "the refused reload")
+    assert "requirements-model.txt" in message
+    ping = requests.get(f"{server.url}/ping")
+    assert ping.status_code == 200
+    assert ping.headers["X-Model-Version"] == "1"
+
+
+def test_fresh_start_with_a_missing_package_is_not_ready(tmp_path: Path, pipeline_v2: Path) -> None:
+    folder = copy_bundle(pipeline_v2, tmp_path / "needs")
+    publish_bundle(pipeline_v2, folder, {"requirements": {"no-such-model-package": "1.0"}})
+    endpoint = EndpointServer(tmp_path / "needs.log", model_uri=folder, workers=1)
+    try:
+        endpoint.start()
+        ping = requests.get(f"{endpoint.url}/ping")
+        assert ping.status_code == 503
+        assert "no-such-model-package" in ping.text
+    finally:
+        endpoint.kill()

@@ -151,3 +151,64 @@ def test_store_without_any_bundle_records_why(tmp_path):
     store.check_now()
     assert store.current is None
     assert "does not exist" in store.last_error
+
+
+def test_bundle_keeps_every_file_it_loads(bundle, tmp_path):
+    files = {
+        "model": ("model.pkl", pickle.dumps(bundle.model), "pickle"),
+        "mean": ("mean.json", json.dumps(dict(bundle.mean)).encode(), None),
+        "columns": ("columns.json", json.dumps(list(bundle.columns)).encode(), None),
+        "thresholds": ("thresholds.json", json.dumps({"gold": 0.8}).encode(), None),
+    }
+    write_bundle(str(tmp_path), files, "extra", "1")
+    loaded = load_bundle(str(tmp_path))
+    assert loaded.files["thresholds"] == {"gold": 0.8}
+    assert loaded.files["model"] is loaded.model
+    assert loaded.manifest["name"] == "extra"
+
+
+def _pipeline_bundle(folder, **manifest_fields):
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+
+    frame = pd.DataFrame({"a": [0.0, 1.0, 2.0, 3.0], "b": [1.0, 0.0, 1.0, 0.0]})
+    model = LogisticRegression().fit(frame, [0, 0, 1, 1])
+    schema = [{"name": "a", "type": "number"}, {"name": "b", "type": "number"}]
+    fields = {"input_schema": schema, **manifest_fields}
+    files = {"model": ("model.pkl", pickle.dumps(model), "pickle")}
+    write_bundle(str(folder), files, "p", "1", fields=fields)
+    return folder
+
+
+def test_pipeline_bundle_needs_only_the_model_file(tmp_path):
+    loaded = load_bundle(str(_pipeline_bundle(tmp_path)))
+    assert loaded.input_columns == ("a", "b")
+    assert loaded.mean == {} and loaded.scaler is None
+
+
+def test_schema_that_disagrees_with_the_model_is_refused(tmp_path):
+    schema = [{"name": "b", "type": "number"}, {"name": "a", "type": "number"}]
+    with pytest.raises(ManifestError, match="fitted on"):
+        load_bundle(str(_pipeline_bundle(tmp_path, input_schema=schema)))
+
+
+def test_skops_trusted_must_be_a_list_of_names(tmp_path):
+    import skops.io
+    from sklearn.preprocessing import StandardScaler
+
+    files = {"model": ("m.skops", skops.io.dumps(StandardScaler()), "skops")}
+    write_bundle(
+        str(tmp_path),
+        files,
+        "s",
+        "1",
+        fields={"input_schema": [{"name": "a", "type": "number"}]},
+        file_fields={"model": {"trusted": "everything"}},
+    )
+    with pytest.raises(ManifestError, match="list of type names"):
+        load_bundle(str(tmp_path))
+
+
+def test_requirements_must_be_a_mapping(tmp_path):
+    with pytest.raises(ManifestError, match="requirements must map"):
+        load_bundle(str(_pipeline_bundle(tmp_path, requirements=["lightgbm"])))

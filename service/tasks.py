@@ -1,0 +1,100 @@
+"""What a model's answer looks like, by task, decided once when its bundle loads.
+
+- binary classifier: the positive class's probability in `output_column`, and the
+  predicted label in `label_column` when the manifest names one;
+- multi-class classifier: one probability column per class (named after the class,
+  in `classes_` order), then the predicted label (`label_column`, default `label`);
+- regressor: the prediction in `output_column`, or one column per target for a
+  multi-output model (`target_columns` in the manifest, else `<output_column>_<i>`).
+
+The label is the class of highest probability, which is what scikit-learn's
+classifiers (and LightGBM's) `predict` returns, without a second pass over the rows.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from service.errors import InvalidData, ManifestError
+
+DEFAULT_LABEL_COLUMN = "label"
+
+
+@dataclass(frozen=True, eq=False)
+class Task:
+    """How to turn a model's output into answer columns."""
+
+    kind: str  # "binary", "multiclass" or "regression"
+    output_column: str
+    label_column: str | None = None
+    classes: np.ndarray | None = None
+    target_columns: tuple[str, ...] = ()
+
+    @property
+    def probability_columns(self) -> tuple[str, ...]:
+        if self.kind != "multiclass" or self.classes is None:
+            return ()
+        return tuple(str(c) for c in self.classes)
+
+
+def task_of(model: Any, manifest: Mapping[str, Any], uri: str) -> Task:
+    """The task of `model`, with the answer's column names from the manifest."""
+    output = str(manifest.get("output_column", "activation"))
+    label = manifest.get("label_column")
+    targets = tuple(str(t) for t in manifest.get("target_columns") or ())
+    if not hasattr(model, "predict_proba"):
+        return Task("regression", output, target_columns=targets)
+    classes = getattr(model, "classes_", None)
+    if classes is None or len(classes) <= 2:
+        return Task("binary", output, label, None if classes is None else np.asarray(classes))
+    task = Task("multiclass", output, label or DEFAULT_LABEL_COLUMN, np.asarray(classes))
+    names = [*task.probability_columns, task.label_column]
+    id_column = manifest.get("id_column", "id")
+    if len(set(names)) != len(names) or id_column in names:
+        raise ManifestError(
+            f"manifest at {uri}: the answer's columns {names} (one per class, then the label) "
+            f"repeat a name or the id column {id_column!r}: set a different label_column"
+        )
+    return task
+
+
+def answer(task: Task, model: Any, features: Any, ids: np.ndarray, id_column: str) -> pd.DataFrame:
+    """The answer frame: the ids, then the task's columns, one row per input row."""
+    if task.kind == "regression":
+        return _regression(task, _call(model.predict, features), ids, id_column)
+    proba = _call(model.predict_proba, features)
+    if task.kind == "binary":
+        columns = {id_column: ids, task.output_column: proba[:, 1]}
+    else:
+        columns = {id_column: ids}
+        columns.update(zip(task.probability_columns, proba.T, strict=True))
+    if task.label_column is not None and task.classes is not None:
+        columns[task.label_column] = task.classes.take(proba.argmax(axis=1))
+    return pd.DataFrame(columns, copy=False)
+
+
+def _call(method: Any, features: Any) -> Any:
+    """The model's own refusal of rows that passed our checks (a missing value where its
+    pipeline has no imputer, say) is the client's to fix: a 422 with the model's reason."""
+    try:
+        return method(features)
+    except (ValueError, TypeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InvalidData(f"the model cannot predict these rows: {reason}") from None
+
+
+def _regression(task: Task, predicted: Any, ids: np.ndarray, id_column: str) -> pd.DataFrame:
+    values = np.asarray(predicted)
+    if values.ndim == 1:
+        return pd.DataFrame({id_column: ids, task.output_column: values}, copy=False)
+    names = task.target_columns or tuple(
+        f"{task.output_column}_{i}" for i in range(values.shape[1])
+    )
+    if len(names) != values.shape[1]:
+        raise ManifestError(
+            f"the model predicts {values.shape[1]} targets but target_columns names {len(names)}"
+        )
+    return pd.DataFrame({id_column: ids, **dict(zip(names, values.T, strict=True))}, copy=False)
