@@ -38,6 +38,7 @@ USER app
 ENV HOST=0.0.0.0 \
     PORT=8080
 EXPOSE 8080
+LABEL com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true
 # /ping is 200 only while a model is loaded. A worker container serves no HTTP, so the
 # check passes for it (ECS and SageMaker use their own checks and ignore this one).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \

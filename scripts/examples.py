@@ -2,7 +2,7 @@
 
 - `mixed`: a churn-like binary classifier on a number and an integer with missing
   values, two string categories (one with missing values), a boolean and a signup
-  date, through a ColumnTransformer (imputers, one-hot encoding, scaling);
+  date (with missing values), through a ColumnTransformer (imputers, one-hot encoding, scaling);
 - `multiclass`: scikit-learn's wine data plus a pandas `category` column, three
   cultivars with string labels, HistGradientBoosting with `categorical_features="from_dtype"`;
 - `regression`: scikit-learn's diabetes data, a ridge regression behind a scaler.
@@ -23,6 +23,7 @@ from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardSc
 PLANS = ["basic", "plus", "pro"]
 REGIONS = ["north", "south", "east", "west"]
 CELLARS = ["old", "new", "hill"]
+NAT_AS_FLOAT = float(np.iinfo(np.int64).min)
 
 
 def mixed_frame(rows: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
@@ -48,6 +49,7 @@ def mixed_frame(rows: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
     target = (score + rng.normal(0, 0.5, rows) > 0.3).astype(np.int64).to_numpy()
     frame["amount"] = frame["amount"].mask(rng.random(rows) < 0.05)
     frame["plan"] = frame["plan"].mask(rng.random(rows) < 0.05)
+    frame["signup"] = frame["signup"].mask(rng.random(rows) < 0.03)
     return frame, target
 
 
@@ -57,8 +59,15 @@ def mixed_pipeline() -> Pipeline:
         SimpleImputer(strategy="constant", fill_value="missing"),
         OneHotEncoder(handle_unknown="ignore"),
     )
+    flags = make_pipeline(
+        FunctionTransformer(np.asarray, kw_args={"dtype": "float64"}),
+        SimpleImputer(strategy="most_frequent"),
+    )
+    # A missing date arrives as NaT, which int64 reads as its smallest value: impute that.
     epoch = make_pipeline(
-        FunctionTransformer(np.asarray, kw_args={"dtype": "int64"}), StandardScaler()
+        FunctionTransformer(np.asarray, kw_args={"dtype": "float64"}),
+        SimpleImputer(missing_values=NAT_AS_FLOAT, strategy="median"),
+        StandardScaler(),
     )
     columns = ColumnTransformer(
         [
@@ -68,7 +77,7 @@ def mixed_pipeline() -> Pipeline:
                 ["amount", "tenure"],
             ),
             ("categories", categorical, ["plan", "region"]),
-            ("flags", "passthrough", ["active"]),
+            ("flags", flags, ["active"]),
             ("dates", epoch, ["signup"]),
         ]
     )

@@ -4,12 +4,14 @@ Decoders turn bytes into a DataFrame and raise MalformedBody (the bytes are not
 what the type promises) or UnsupportedMediaType; nothing else escapes them.
 """
 
+import csv
 import functools
 import io
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -20,21 +22,72 @@ import pyarrow.parquet as pq
 from werkzeug.datastructures import MIMEAccept
 from werkzeug.http import parse_accept_header
 
-from service.errors import MalformedBody, NotAcceptable, UnsupportedMediaType
-
-PARQUET = "application/vnd.apache.parquet"
-X_PARQUET = "application/x-parquet"
-CSV = "text/csv"
-JSON = "application/json"
-JSONLINES = "application/jsonlines"
-NDJSON = "application/x-ndjson"
+from service.errors import (
+    InvalidData,
+    MalformedBody,
+    NotAcceptable,
+    ServiceError,
+    UnsupportedMediaType,
+)
+from service.media import CSV, JSON, JSONLINES, MEDIA_TYPES, NDJSON, PARQUET, X_PARQUET
 
 ARROW_ERRORS = (pa.ArrowException, OSError, ValueError)
 JSON_SHAPES_HELP = (
     'send {"dataframe_split": {"columns": [...], "data": [[...]]}}, '
-    '{"dataframe_records": [{...}]}, {"instances": [{...}]}, {"inputs": [{...}]} '
-    "or a list of records [{...}]"
+    '{"dataframe_records": [{...}]}, {"instances": [...]}, {"inputs": [...]}, '
+    "a list of records [{...}], a list of rows [[...]] or one record {...}"
 )
+FORMAT_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+
+
+class Layout(NamedTuple):
+    """A bundle's column names, which positional input (rows without names) follows."""
+
+    features: tuple[str, ...]
+    id_column: str
+
+    def names(self, width: int, where: str = "a row") -> tuple[list[str], bool]:
+        """Names for `width` values in the bundle's input order, and whether an id leads."""
+        count = len(self.features)
+        if width == count:
+            return list(self.features), False
+        if width == count + 1:
+            return [self.id_column, *self.features], True
+        raise InvalidData(
+            f"{where} holds {width} values: send {count} (the features in the bundle's input "
+            f"order: {_listed(self.features)}) or {count + 1} ({self.id_column!r} first)"
+        )
+
+    def known(self, names: Any) -> bool:
+        """True when `names` holds one of the bundle's columns (the id or a feature)."""
+        return any(name == self.id_column or name in self.features for name in names)
+
+    def name(self, frame: pd.DataFrame, where: str) -> "Decoded":
+        """Positional columns named; rows without an id get their position as id (the
+        answer then leaves it out)."""
+        names, ids = self.names(frame.shape[1], where)
+        frame.columns = pd.Index(names)
+        if not ids:
+            frame.insert(0, self.id_column, np.arange(len(frame)))
+        return Decoded(frame, header=False, ids=ids)
+
+
+def _listed(names: tuple[str, ...], most: int = 8) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+class Decoded(NamedTuple):
+    """A request's rows, and how the answer mirrors them.
+
+    `header` is False for positional input (headerless CSV, JSON arrays): a CSV answer
+    then has no header line either. `ids` is False when positional rows carry no id:
+    the answer then leaves the id column out rather than invent one.
+    """
+
+    frame: pd.DataFrame
+    header: bool = True
+    ids: bool = True
 
 
 # -- decoding ---------------------------------------------------------------------------
@@ -80,13 +133,34 @@ def decode_parquet(body: bytes) -> pd.DataFrame:
         ) from None
 
 
-def decode_csv(body: bytes) -> pd.DataFrame:
+def decode_csv(body: bytes, layout: Layout | None = None) -> Decoded:
+    """A CSV body; its first line is a header when it names one of the bundle's columns
+    (without a layout, always), otherwise every line is a row of positional values."""
     _refuse_binary(body, "CSV")
+    header = layout is None or _names_a_column(body, layout)
+    if not header and not body.endswith(b"\n"):
+        body += b"\n"  # Arrow finds no columns in one headerless line without an end
+    options = pacsv.ReadOptions(autogenerate_column_names=not header)
     try:
-        table = pacsv.read_csv(pa.BufferReader(body))
+        table = pacsv.read_csv(pa.BufferReader(body), read_options=options)
     except ARROW_ERRORS as exc:
-        raise MalformedBody(_csv_problem(exc)) from None
-    return _csv_frame(table)
+        raise csv_error(exc) from None
+    frame = _csv_frame(table)
+    if header:
+        return Decoded(frame)
+    assert layout is not None
+    return layout.name(frame, "each CSV line")
+
+
+def _names_a_column(body: bytes, layout: Layout) -> bool:
+    """True when the first line holds one of the bundle's column names (id or feature)."""
+    lines = body[: 1 << 20].splitlines()
+    first = lines[0].decode("utf-8", "replace").lstrip("\ufeff") if lines else ""
+    try:
+        fields = next(csv.reader([first]), [])
+    except csv.Error:  # a stray quote or NUL: the names, if any, are still comma-separated
+        fields = first.split(",")
+    return layout.known(field.strip() for field in fields)
 
 
 def _csv_frame(data: pa.Table | pa.RecordBatch) -> pd.DataFrame:
@@ -103,37 +177,99 @@ def _csv_frame(data: pa.Table | pa.RecordBatch) -> pd.DataFrame:
         raise MalformedBody("the CSV header is not UTF-8 text: save the CSV as UTF-8") from None
 
 
-def _csv_problem(exc: BaseException, names: list[str] | None = None, block: int = 0) -> str:
+def csv_error(exc: BaseException, names: list[str] | None = None, block: int = 0) -> ServiceError:
+    """Arrow's CSV failure as our error: a value of the wrong type is invalid data (the
+    same code a DataFrame with that value gets), anything else is not readable CSV."""
     reason = _arrow_reason(exc)
+    if "conversion error" in reason.lower():
+        return InvalidData(
+            f"{_with_column(reason, names)}: send numbers in numeric columns "
+            "(or leave the value empty to use the training mean)"
+        )
     if "straddl" in reason:
-        return _row_too_long(block)
+        return MalformedBody(_row_too_long(block))
     if "utf8" in reason.lower().replace("-", ""):
-        return f"the CSV is not UTF-8 text ({reason}): save it as UTF-8"
+        return MalformedBody(f"the CSV is not UTF-8 text ({reason}): save it as UTF-8")
+    return MalformedBody(f"the data is not readable CSV ({_with_column(reason, names)})")
+
+
+def _with_column(reason: str, names: list[str] | None) -> str:
+    """Arrow says "CSV column #22": name it."""
     match = re.search(r"CSV column #(\d+)", reason)
     if match and names and int(match.group(1)) < len(names):
-        reason = f"column {names[int(match.group(1))]!r}: {reason}"
-    return f"the data is not readable CSV with a header row ({reason})"
+        return f"column {names[int(match.group(1))]!r}: {reason}"
+    return reason
 
 
-def decode_json(body: bytes) -> pd.DataFrame:
+def decode_json(body: bytes, layout: Layout | None = None) -> Decoded:
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        document = _json_with_nan(body, exc)
+    return frame_from_json(document, layout)
+
+
+def _json_with_nan(body: bytes, exc: orjson.JSONDecodeError) -> Any:
+    """Python's json module writes a missing value as NaN (MLflow's client does, through
+    json.dumps), which strict JSON has not: read such bodies as Python does."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
         raise MalformedBody(f"the body is not valid JSON ({exc}): {JSON_SHAPES_HELP}") from None
-    return frame_from_json(document)
 
 
-def frame_from_json(document: Any) -> pd.DataFrame:
-    """Accept MLflow's request shapes and a plain list of records."""
+def frame_from_json(document: Any, layout: Layout | None = None) -> Decoded:
+    """MLflow's request shapes (exactly one format key; `params` ignored), a list of
+    records or of rows, or one record."""
     if isinstance(document, list):
-        return _records(document, "the JSON list")
-    if isinstance(document, dict):
-        if "dataframe_split" in document:
-            return _split(document["dataframe_split"])
-        for key in ("dataframe_records", "instances", "inputs"):
-            if key in document:
-                return _records_or_columns(document[key], key)
-    raise MalformedBody(f"unrecognised JSON shape: {JSON_SHAPES_HELP}")
+        return _rows(document, "the JSON list", layout)
+    if not isinstance(document, dict):
+        raise MalformedBody(f"unrecognised JSON shape: {JSON_SHAPES_HELP}")
+    keys = [key for key in FORMAT_KEYS if key in document]
+    if len(keys) > 1:
+        raise MalformedBody(
+            f"the JSON object holds {' and '.join(keys)}: send exactly one of "
+            f"{', '.join(FORMAT_KEYS)}"
+        )
+    if not keys:
+        if layout is not None and _is_record(document) and layout.known(document):
+            return Decoded(_records([document], "the JSON object"))
+        raise MalformedBody(
+            f"the JSON object names none of the bundle's columns nor one of "
+            f"{', '.join(FORMAT_KEYS)}: {JSON_SHAPES_HELP}"
+        )
+    key = keys[0]
+    value = document[key]
+    if key == "dataframe_split":
+        return Decoded(_split(value))
+    if key == "dataframe_records":
+        return Decoded(_records(value, key))
+    if isinstance(value, dict):
+        return Decoded(_one_record_or_columns(value, key))
+    return _rows(value, key, layout)
+
+
+def _is_record(value: dict[Any, Any]) -> bool:
+    return not any(isinstance(v, (list, dict)) for v in value.values())
+
+
+def _rows(value: Any, where: str, layout: Layout | None) -> Decoded:
+    """A list of records (objects), of positional rows (lists), or one positional row."""
+    if not isinstance(value, list) or not value or isinstance(value[0], dict):
+        return Decoded(_records(value, where))
+    if not isinstance(value[0], list):
+        value = [value]
+    if layout is None or not all(isinstance(row, list) for row in value):
+        raise MalformedBody(
+            f"{where} must hold records or rows of equal length: {JSON_SHAPES_HELP}"
+        )
+    widths = {len(row) for row in value}
+    if len(widths) > 1:
+        raise MalformedBody(f"the rows in {where} differ in length ({sorted(widths)})")
+    width = widths.pop()
+    fast = _small_numeric_frame([str(i) for i in range(width)], value)
+    frame = pd.DataFrame(value) if fast is None else fast
+    return layout.name(frame, f"each row in {where}")
 
 
 def _split(value: Any) -> pd.DataFrame:
@@ -211,15 +347,14 @@ def _small_records_frame(records: list[dict[Any, Any]]) -> pd.DataFrame | None:
     return _small_numeric_frame(columns, [list(record.values()) for record in records])
 
 
-def _records_or_columns(value: Any, key: str) -> pd.DataFrame:
-    if isinstance(value, dict):
-        columns = list(value.values())
-        if not all(isinstance(c, list) for c in columns) or len({len(c) for c in columns}) > 1:
-            raise MalformedBody(
-                f"{key} as an object must map each column to a list of equal length"
-            )
-        return pd.DataFrame(value)
-    return _records(value, key)
+def _one_record_or_columns(value: dict[Any, Any], key: str) -> pd.DataFrame:
+    """{"a": 1, "b": 2} is one record; {"a": [1, 2], "b": [3, 4]} maps columns to values."""
+    if _is_record(value):
+        return _records([value], key)
+    columns = list(value.values())
+    if not all(isinstance(c, list) for c in columns) or len({len(c) for c in columns}) > 1:
+        raise MalformedBody(f"{key} as an object must map each column to a list of equal length")
+    return pd.DataFrame(value)
 
 
 def _records(value: Any, where: str) -> pd.DataFrame:
@@ -241,7 +376,8 @@ def _row_too_long(block: int) -> str:
     )
 
 
-def decode_jsonlines(body: bytes) -> pd.DataFrame:
+def decode_jsonlines(body: bytes, layout: Layout | None = None) -> Decoded:
+    """One object (a record) or one array (a positional row) a line, all lines alike."""
     _refuse_binary(body, "JSON Lines")
     rows = []
     for number, line in enumerate(body.splitlines(), start=1):
@@ -251,10 +387,16 @@ def decode_jsonlines(body: bytes) -> pd.DataFrame:
             row = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
             raise MalformedBody(f"line {number} is not valid JSON ({exc})") from None
-        if not isinstance(row, dict):
-            raise MalformedBody(f"line {number} must be a JSON object mapping columns to values")
+        kind = dict if not rows else type(rows[0])
+        if not isinstance(row, (dict, list)) or (rows and type(row) is not kind):
+            raise MalformedBody(
+                f"line {number} must be a JSON object mapping columns to values "
+                "(or, on every line, an array of values in the bundle's input order)"
+            )
         rows.append(row)
-    return pd.DataFrame.from_records(rows) if rows else pd.DataFrame()
+    if rows and isinstance(rows[0], list):
+        return _rows(rows, "the lines", layout)
+    return Decoded(pd.DataFrame.from_records(rows) if rows else pd.DataFrame())
 
 
 # -- encoding ---------------------------------------------------------------------------
@@ -270,51 +412,68 @@ def _record_list(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
 
 
+def _json_default(value: Any) -> Any:
+    """What orjson cannot write itself: pandas' timestamps and missing values (a datetime
+    column, a nullable one) as ISO text and null."""
+    if value is pd.NaT or value is pd.NA:
+        return None
+    if isinstance(value, (pd.Timestamp, pd.Timedelta)):
+        return value.isoformat()
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
 def encode_json(frame: pd.DataFrame) -> bytes:
-    return orjson.dumps({"predictions": _record_list(frame)}, option=orjson.OPT_SERIALIZE_NUMPY)
+    return orjson.dumps(
+        {"predictions": _record_list(frame)},
+        default=_json_default,
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )
 
 
 def encode_jsonlines(frame: pd.DataFrame) -> bytes:
     dumps = orjson.dumps
     option = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
-    return b"".join(dumps(row, option=option) for row in _record_list(frame))
+    return b"".join(dumps(row, default=_json_default, option=option) for row in _record_list(frame))
 
 
 def _table(frame: pd.DataFrame) -> pa.Table:
     return pa.Table.from_pandas(frame, preserve_index=False)
 
 
-def encode_csv(frame: pd.DataFrame) -> bytes:
+def encode_csv(frame: pd.DataFrame, header: bool = True) -> bytes:
     sink = io.BytesIO()
-    pacsv.write_csv(_table(frame), sink)
+    pacsv.write_csv(_table(frame), sink, pacsv.WriteOptions(include_header=header))
     return sink.getvalue()
 
 
-def encode_parquet(frame: pd.DataFrame) -> bytes:
+def encode_parquet(frame: pd.DataFrame, header: bool = True) -> bytes:
     sink = io.BytesIO()
     pq.write_table(_table(frame), sink)
     return sink.getvalue()
 
 
+def decode_parquet_rows(body: bytes, layout: Layout | None = None) -> Decoded:
+    return Decoded(decode_parquet(body))
+
+
 @dataclass(frozen=True)
 class Codec:
-    decode: Callable[[bytes], pd.DataFrame]
-    encode: Callable[[pd.DataFrame], bytes]
+    decode: Callable[[bytes, Layout | None], Decoded]
+    encode: Callable[..., bytes]  # (frame, header=True): only CSV leaves a header out
 
 
-_PARQUET_CODEC = Codec(decode_parquet, encode_parquet)
-_JSONLINES_CODEC = Codec(decode_jsonlines, encode_jsonlines)
+_PARQUET_CODEC = Codec(decode_parquet_rows, encode_parquet)
+_JSONLINES_CODEC = Codec(decode_jsonlines, lambda frame, header=True: encode_jsonlines(frame))
 
-# Order matters: the first entry answers `Accept: */*`.
 CODECS: dict[str, Codec] = {
-    JSON: Codec(decode_json, encode_json),
+    JSON: Codec(decode_json, lambda frame, header=True: encode_json(frame)),
     PARQUET: _PARQUET_CODEC,
     X_PARQUET: _PARQUET_CODEC,
     CSV: Codec(decode_csv, encode_csv),
     JSONLINES: _JSONLINES_CODEC,
     NDJSON: _JSONLINES_CODEC,
 }
-MEDIA_TYPES = tuple(CODECS)
+assert tuple(CODECS) == MEDIA_TYPES, "service/media.py lists the media types, JSON first"
 
 
 def media_type(content_type: str | None) -> str:
@@ -322,8 +481,8 @@ def media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
 
-def decode(body: bytes, content_type: str | None) -> pd.DataFrame:
-    """Decode a request body by its Content-Type."""
+def read(body: bytes, content_type: str | None, layout: Layout | None = None) -> Decoded:
+    """Decode a request body by its Content-Type; `layout` names positional input."""
     kind = media_type(content_type)
     codec = CODECS.get(kind)
     if codec is None:
@@ -333,7 +492,12 @@ def decode(body: bytes, content_type: str | None) -> pd.DataFrame:
         raise UnsupportedMediaType(f"{given}: use one of {', '.join(MEDIA_TYPES)}")
     if not body:
         raise MalformedBody(f"the request body is empty: send rows as {kind}")
-    return codec.decode(body)
+    return codec.decode(body, layout)
+
+
+def decode(body: bytes, content_type: str | None) -> pd.DataFrame:
+    """The rows of a body whose columns are named (a CSV header, JSON records)."""
+    return read(body, content_type).frame
 
 
 @functools.lru_cache(maxsize=256)
@@ -349,5 +513,6 @@ def negotiate(accept: str | None) -> str:
     return best
 
 
-def encode(frame: pd.DataFrame, media: str) -> bytes:
-    return CODECS[media].encode(frame)
+def encode(frame: pd.DataFrame, media: str, header: bool = True) -> bytes:
+    """The answer as `media`; `header=False` leaves a CSV answer's header line out."""
+    return CODECS[media].encode(frame, header=header)

@@ -26,11 +26,11 @@ from service.codecs import (
     PARQUET_MAGIC,
     _arrow_reason,
     _csv_frame,
-    _csv_problem,
     _frame,
     _is_parquet,
     _row_too_long,
     _table,
+    csv_error,
     encode_jsonlines,
 )
 from service.errors import MalformedBody
@@ -174,7 +174,7 @@ def _csv_batches(
             for batch in reader:
                 yield _csv_frame(batch)
     except ARROW_ERRORS as exc:
-        raise MalformedBody(_csv_problem(exc, names, _block_size(batch_rows))) from None
+        raise csv_error(exc, names, _block_size(batch_rows)) from None
 
 
 def _csv_header(path: Source, fmt: FileFormat) -> list[str]:

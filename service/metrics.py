@@ -20,6 +20,9 @@ from typing import Any
 
 import orjson
 
+from service.errors import ENDPOINT_CODES, ServiceError
+from service.media import PROMETHEUS
+
 ROUTES = (
     "/ping",
     "/invocations",
@@ -27,30 +30,20 @@ ROUTES = (
     "/health",
     "/metrics",
     "/openapi.json",
+    "/version",
     "other",
 )
 OTHER_ROUTE = len(ROUTES) - 1
 STATUSES = (200, 400, 401, 404, 405, 406, 413, 415, 422, 431, 500, 501, 503)
-ERROR_CODES = (
-    "bad_request",
-    "malformed_body",
-    "unauthorized",
-    "not_found",
-    "method_not_allowed",
-    "not_acceptable",
-    "payload_too_large",
-    "unsupported_media_type",
-    "invalid_data",
-    "internal_error",
-    "model_unavailable",
-    "other",
-)
+# Every code an answer can carry; an unknown one would count as internal_error.
+ERROR_CODES = ENDPOINT_CODES
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CONTENT_TYPE = PROMETHEUS
 PREFIX = "endpoint_"
 
 _STATUS_INDEX = {status: i for i, status in enumerate(STATUSES)}
 _ERROR_INDEX = {code: i for i, code in enumerate(ERROR_CODES)}
+_INTERNAL_ERROR = _ERROR_INDEX[ServiceError.code]
 _N_STATUS = len(STATUSES) + 1
 _N_BUCKETS = len(BUCKETS) + 1
 _REQUESTS = 0
@@ -124,7 +117,7 @@ class SlotMetrics:
             if rows:
                 cells[_ROWS] += rows
             if error is not None:
-                cells[_ERRORS + _ERROR_INDEX.get(error, len(ERROR_CODES) - 1)] += 1
+                cells[_ERRORS + _ERROR_INDEX.get(error, _INTERNAL_ERROR)] += 1
 
     def sync_store(self, store: Any) -> None:
         """Publish the model store's state if it changed since the last call (cheap to repeat)."""

@@ -6,31 +6,23 @@ codes), so the description cannot drift from what the server accepts.
 
 from typing import Any
 
-from service import codecs
+from service import media
+from service.errors import ENDPOINT_CODES, ENDPOINT_ERRORS
 
 OPENAPI_VERSION = "3.0.3"
 _REF = "#/components/schemas/"
 
-ERROR_STATUSES = {
-    "400": ("Malformed or empty body.", ["malformed_body", "bad_request"]),
-    "401": ("API_KEY is set and the request does not carry it.", ["unauthorized"]),
-    "404": ("No such route.", ["not_found"]),
-    "405": ("The route does not accept this method.", ["method_not_allowed"]),
-    "406": ("The server cannot answer in any type the Accept header allows.", ["not_acceptable"]),
-    "413": ("The body is larger than MAX_REQUEST_MB.", ["payload_too_large"]),
-    "415": (
-        "The Content-Type is not one the server reads, or the body has a Content-Encoding "
-        "(send it uncompressed).",
-        ["unsupported_media_type"],
-    ),
-    "422": (
-        "Readable input the model cannot use: missing columns (listed), non-numeric or "
-        "infinite values, no rows.",
-        ["invalid_data"],
-    ),
-    "500": ("Unexpected server failure; details are only in the server log.", ["internal_error"]),
-    "503": ("No model is loaded (the message says why).", ["model_unavailable"]),
-}
+
+def _error_statuses() -> dict[str, tuple[str, list[str]]]:
+    """Each status with what it means and the codes it carries, from service/errors.py."""
+    statuses: dict[str, tuple[str, list[str]]] = {}
+    for error in sorted(ENDPOINT_ERRORS, key=lambda e: e.status):
+        text, codes = statuses.get(str(error.status), ("", []))
+        statuses[str(error.status)] = (f"{text} {error.summary}".strip(), [*codes, error.code])
+    return statuses
+
+
+ERROR_STATUSES = _error_statuses()
 
 
 def _object(properties: dict[str, Any], required: list[str] | None = None, **extra: Any) -> dict:
@@ -47,6 +39,18 @@ RECORD = {
     "additionalProperties": {"nullable": True},
 }
 RECORDS = {"type": "array", "items": {"$ref": _REF + "Record"}}
+ROW = {
+    "type": "array",
+    "items": {"nullable": True},
+    "description": "One positional row: the features in the bundle's input order, optionally "
+    "with the id first (one value more than the features).",
+}
+ROWS = {"type": "array", "items": ROW}
+PARAMS = {
+    "type": "object",
+    "description": "MLflow's inference parameters: accepted and ignored (the model takes none).",
+}
+EXACTLY_ONE = " Exactly one of dataframe_split, dataframe_records, instances, inputs."
 COLUMNS = {
     "type": "object",
     "description": "Column name -> list of values, all lists of equal length.",
@@ -64,13 +68,28 @@ SCHEMAS: dict[str, Any] = {
                     "data": {"type": "array", "items": {"type": "array", "items": {}}},
                 },
                 ["columns", "data"],
-            )
+            ),
+            "params": PARAMS,
         },
         ["dataframe_split"],
+        description="MLflow's split orient." + EXACTLY_ONE,
     ),
-    "DataframeRecords": _object({"dataframe_records": RECORDS}, ["dataframe_records"]),
-    "Instances": _object({"instances": {"oneOf": [RECORDS, COLUMNS]}}, ["instances"]),
-    "Inputs": _object({"inputs": {"oneOf": [RECORDS, COLUMNS]}}, ["inputs"]),
+    "DataframeRecords": _object(
+        {"dataframe_records": RECORDS, "params": PARAMS},
+        ["dataframe_records"],
+        description="MLflow's records." + EXACTLY_ONE,
+    ),
+    "Instances": _object(
+        {"instances": {"oneOf": [RECORDS, ROWS, COLUMNS, RECORD]}, "params": PARAMS},
+        ["instances"],
+        description="MLflow's instances." + EXACTLY_ONE,
+    ),
+    "Inputs": _object(
+        {"inputs": {"oneOf": [RECORDS, ROWS, COLUMNS, RECORD]}, "params": PARAMS},
+        ["inputs"],
+        description="MLflow's inputs." + EXACTLY_ONE,
+    ),
+    "Rows": ROWS,
     "Prediction": _object(
         {"id": {"description": "The input row's id."}, "activation": {"type": "number"}},
         ["id", "activation"],
@@ -81,10 +100,18 @@ SCHEMAS: dict[str, Any] = {
     ),
     "Error": _object(
         {
-            "error": {"type": "string", "description": "Short code, e.g. invalid_data."},
+            "error": {
+                "type": "string",
+                "enum": list(ENDPOINT_CODES),
+                "description": "Short code, e.g. invalid_data.",
+            },
             "message": {"type": "string", "description": "What to fix."},
+            "error_code": {
+                "type": "string",
+                "description": "MLflow's name for the error, e.g. BAD_REQUEST.",
+            },
         },
-        ["error", "message"],
+        ["error", "message", "error_code"],
     ),
     "Status": _object(
         {
@@ -104,6 +131,18 @@ SCHEMAS: dict[str, Any] = {
 }
 
 
+CSV_IN = (
+    "CSV. The first line is a header when it names one of the bundle's columns; otherwise "
+    "every line is a row of positional values (the features in input order, optionally "
+    "with the id first), as SageMaker batch transform sends them."
+)
+CSV_OUT = (
+    "CSV: id,activation; after headerless input, no header and one line per input line "
+    "in input order (the id only when the input carried one)."
+)
+LINES_IN = "One JSON object (a record) a line, or one array (a positional row) on every line."
+
+
 def _binary(description: str) -> dict[str, Any]:
     return {"schema": {"type": "string", "format": "binary", "description": description}}
 
@@ -111,26 +150,26 @@ def _binary(description: str) -> dict[str, Any]:
 def _request_content() -> dict[str, Any]:
     json_shapes = [
         {"$ref": _REF + name}
-        for name in ("DataframeSplit", "DataframeRecords", "Instances", "Inputs", "Records")
+        for name in ("DataframeSplit", "DataframeRecords", "Instances", "Inputs", "Records", "Rows")
     ]
     return {
-        codecs.JSON: {"schema": {"oneOf": json_shapes}},
-        codecs.PARQUET: _binary("A parquet file."),
-        codecs.X_PARQUET: _binary("A parquet file."),
-        codecs.CSV: {"schema": {"type": "string", "description": "CSV with a header row."}},
-        codecs.JSONLINES: {"schema": {"type": "string", "description": "One JSON object a line."}},
-        codecs.NDJSON: {"schema": {"type": "string", "description": "One JSON object a line."}},
+        media.JSON: {"schema": {"oneOf": json_shapes}},
+        media.PARQUET: _binary("A parquet file."),
+        media.X_PARQUET: _binary("A parquet file."),
+        media.CSV: {"schema": {"type": "string", "description": CSV_IN}},
+        media.JSONLINES: {"schema": {"type": "string", "description": LINES_IN}},
+        media.NDJSON: {"schema": {"type": "string", "description": LINES_IN}},
     }
 
 
 def _prediction_content() -> dict[str, Any]:
     return {
-        codecs.JSON: {"schema": {"$ref": _REF + "Predictions"}},
-        codecs.PARQUET: _binary("Parquet with columns id, activation."),
-        codecs.X_PARQUET: _binary("Parquet with columns id, activation."),
-        codecs.CSV: {"schema": {"type": "string", "description": "CSV: id,activation."}},
-        codecs.JSONLINES: {"schema": {"type": "string", "description": "One prediction a line."}},
-        codecs.NDJSON: {"schema": {"type": "string", "description": "One prediction a line."}},
+        media.JSON: {"schema": {"$ref": _REF + "Predictions"}},
+        media.PARQUET: _binary("Parquet with columns id, activation."),
+        media.X_PARQUET: _binary("Parquet with columns id, activation."),
+        media.CSV: {"schema": {"type": "string", "description": CSV_OUT}},
+        media.JSONLINES: {"schema": {"type": "string", "description": "One prediction a line."}},
+        media.NDJSON: {"schema": {"type": "string", "description": "One prediction a line."}},
     }
 
 
@@ -141,7 +180,7 @@ def _errors(*statuses: str) -> dict[str, Any]:
 def _json(schema: str, description: str, headers: dict[str, Any] | None = None) -> dict:
     response: dict[str, Any] = {
         "description": description,
-        "content": {codecs.JSON: {"schema": {"$ref": _REF + schema}}},
+        "content": {media.JSON: {"schema": {"$ref": _REF + schema}}},
     }
     if headers:
         response["headers"] = headers
@@ -185,7 +224,7 @@ def _paths(security: list[dict[str, list]] | None) -> dict[str, Any]:
                         "in": "header",
                         "required": False,
                         "description": "Answer type; JSON when absent or */*.",
-                        "schema": {"type": "string", "enum": list(codecs.MEDIA_TYPES)},
+                        "schema": {"type": "string", "enum": list(media.MEDIA_TYPES)},
                     }
                 ],
                 "requestBody": {"required": True, "content": _request_content()},
@@ -221,9 +260,21 @@ def _paths(security: list[dict[str, list]] | None) -> dict[str, Any]:
                 "responses": {
                     "200": {
                         "description": "Prometheus text exposition format 0.0.4.",
-                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                        "content": {media.PROMETHEUS: {"schema": {"type": "string"}}},
                     },
                     **_errors(*protected_errors),
+                },
+            }
+        },
+        "/version": {
+            "get": {
+                "summary": "The service's version, as text (MLflow's client asks for it).",
+                "operationId": "version",
+                "responses": {
+                    "200": {
+                        "description": "Version text.",
+                        "content": {media.TEXT: {"schema": {"type": "string"}}},
+                    }
                 },
             }
         },
@@ -234,7 +285,7 @@ def _paths(security: list[dict[str, list]] | None) -> dict[str, Any]:
                 "responses": {
                     "200": {
                         "description": "OpenAPI 3 document.",
-                        "content": {codecs.JSON: {"schema": {"type": "object"}}},
+                        "content": {media.JSON: {"schema": {"type": "object"}}},
                     }
                 },
             }
@@ -248,7 +299,7 @@ def document(max_request_mb: float = 6.0, api_key_required: bool = False) -> dic
     responses = {
         f"E{status}": {
             "description": f"{text} Codes: {', '.join(codes)}.",
-            "content": {codecs.JSON: {"schema": {"$ref": _REF + "Error"}}},
+            "content": {media.JSON: {"schema": {"$ref": _REF + "Error"}}},
         }
         for status, (text, codes) in ERROR_STATUSES.items()
     }

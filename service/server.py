@@ -6,7 +6,8 @@ is needed; a process holding more connections than another leaves new ones to it
 (ConnectionCounts), so a burst of connections is spread over all of them. Each
 process has its own ModelStore, which polls MODEL_URI for a new bundle. Small POSTs
 that have proved fast run on the process's event-loop thread, the rest on its
-THREADS request threads (LoopDispatcher).
+THREADS request threads (LoopDispatcher). Every override of waitress's internals
+lives in service/waitress_hooks.py; this module is the process life cycle.
 
 The parent only supervises: it restarts a process that dies, and on SIGTERM or
 SIGINT forwards SIGTERM to every process. A process then closes its listener,
@@ -18,41 +19,33 @@ allow between SIGTERM and SIGKILL.
 
 import contextlib
 import logging
-import mmap
 import os
 import select
 import signal
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from typing import Any
 
 import orjson
-from waitress import create_server, wasyncore
-from waitress.channel import HTTPChannel
-from waitress.task import ErrorTask, ThreadedTaskDispatcher, WSGITask
 
 from service import metrics
 from service.artifacts import ModelStore
-from service.errors import InputError, PayloadTooLarge, ServiceError
 from service.settings import ServeSettings
-from service.web import create_app, error_response
+from service.waitress_hooks import (
+    DRAIN_SECONDS,
+    AcceptBalance,
+    ConnectionCounts,
+    ProcessServer,
+)
+from service.web import create_app
 
 log = logging.getLogger(__name__)
 
-DRAIN_SECONDS = 20.0
 KILL_AFTER_SECONDS = 25.0
-TICK_SECONDS = 0.2
-ACCEPT_DEFER_SECONDS = 0.005
-INLINE_MAX_BYTES = 16 * 1024
-INLINE_SLOW_SECONDS = 0.02
-INLINE_AFTER_FAST = 4
 QUEUE_LOG_SECONDS = 10.0
 RESTART_BACKOFF_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 STABLE_SECONDS = 30.0
-CONNECTION_LIMIT = 1000
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -83,295 +76,6 @@ def bind(host: str, port: int) -> socket.socket:
     listener.listen(1024)
     listener.set_inheritable(True)
     return listener
-
-
-# -- spreading connections over the processes ----------------------------------------
-
-
-class ConnectionCounts:
-    """Open connections per server process, in memory shared across the fork.
-
-    Every process polls the one listener, so the first to wake takes a burst of new
-    connections (wrk's 16 arrive at once) and serves them all on one core while the
-    others idle. With these counts a process holding more connections than another
-    leaves a new one to it. NOT_ACCEPTING marks a slot that does not accept (loading,
-    stopping, gone). Create it before forking.
-    """
-
-    NOT_ACCEPTING = 1 << 62
-
-    def __init__(self, slots: int) -> None:
-        self._block = mmap.mmap(-1, 8 * slots)
-        self.cells = memoryview(self._block).cast("q")
-        for slot in range(slots):
-            self.clear(slot)
-
-    def clear(self, slot: int) -> None:
-        self.cells[slot] = self.NOT_ACCEPTING
-
-    def balance(self, slot: int) -> "AcceptBalance":
-        return AcceptBalance(self, slot)
-
-
-class AcceptBalance:
-    """One process's view: publish its count, and say whether a new connection is its to take."""
-
-    def __init__(self, counts: ConnectionCounts, slot: int) -> None:
-        self.cells = counts.cells
-        self.slot = slot
-
-    def my_turn(self, mine: int) -> bool:
-        """True unless another accepting process holds fewer connections."""
-        self.cells[self.slot] = mine
-        return mine <= min(self.cells)
-
-    def close(self) -> None:
-        self.cells[self.slot] = ConnectionCounts.NOT_ACCEPTING
-
-
-# -- one server process --------------------------------------------------------------
-
-
-class _Task(WSGITask):
-    """Tells the client to close the connection once the process is stopping."""
-
-    def build_response_header(self) -> bytes:
-        if self.channel.server.draining:
-            self.set_close_on_finish()
-        return super().build_response_header()
-
-    def write(self, data: bytes) -> None:
-        """The header and the first body chunk go out in one send: one syscall, one segment."""
-        channel = self.channel
-        if self.wrote_header or not data:
-            return super().write(data)
-        channel.held = []
-        try:
-            super().write(data)
-        finally:
-            held, channel.held = channel.held, None
-        channel.write_soon(b"".join(held))
-
-
-class _ErrorTask(ErrorTask):
-    """waitress's own refusals (oversized or unparsable requests) as our JSON errors."""
-
-    def execute(self) -> None:
-        error = self.request.error
-        if error.code == 413:
-            refusal: ServiceError = PayloadTooLarge(
-                "the body is over the MAX_REQUEST_MB limit: split the rows into smaller "
-                "requests, or use the batch transform for files"
-            )
-        elif error.code == 500:
-            refusal = ServiceError("the server failed unexpectedly; the error is in its log")
-        else:
-            refusal = InputError(f"{error.reason}: {error.body}")
-        response = error_response(refusal)
-        self.status = f"{error.code} {error.reason}"
-        self.response_headers.extend(h for h in response.headers if h[0] != "Content-Length")
-        self.set_close_on_finish()
-        self.content_length = len(response.body)
-        self.write(response.body)
-        path = getattr(self.request, "path", "")
-        route = metrics.ROUTES.index(path) if path in metrics.ROUTES else metrics.OTHER_ROUTE
-        self.channel.server.recorder.observe(route, error.code, 0.0, 0, refusal.code)
-
-
-def small_post(request: Any) -> bool:
-    """A parsed request whose handling may run on the event-loop thread (a request
-    waitress could not parse has an error and may have no method)."""
-    return (
-        not request.error
-        and request.command == "POST"
-        and request.body_bytes_received <= INLINE_MAX_BYTES
-    )
-
-
-class LoopDispatcher(ThreadedTaskDispatcher):
-    """Runs small POSTs on the event-loop thread once they have proved fast.
-
-    Handing a request to a thread costs a lock, a thread wake-up, GIL switches and a
-    pipe write to wake the loop again: about a third of the CPU of a one-row request.
-    Once INLINE_AFTER_FAST small POSTs in a row took at most INLINE_SLOW_SECONDS each,
-    the next ones run where they were read; the first slower one sends them back to
-    the threads, so a slow model stalls the other connections of its process for at
-    most one request. GETs (health checks) and big bodies always go to the threads.
-    """
-
-    def __init__(self, threads: int) -> None:
-        super().__init__()
-        self.ready: deque[HTTPChannel] = deque()
-        self.fast_in_a_row = 0
-        self.loop_thread = threading.get_ident()
-        self.set_thread_count(threads)
-
-    def add_task(self, task: Any) -> None:
-        if (
-            self.fast_in_a_row >= INLINE_AFTER_FAST
-            and threading.get_ident() == self.loop_thread
-            and small_post(task.requests[0])
-        ):
-            self.ready.append(task)
-        else:
-            super().add_task(task)
-
-    def observe(self, seconds: float) -> None:
-        """How long a small POST took, wherever it ran."""
-        self.fast_in_a_row = self.fast_in_a_row + 1 if seconds <= INLINE_SLOW_SECONDS else 0
-
-    def run_ready(self) -> None:
-        """Serve the requests `add_task` kept for the loop (called by the loop)."""
-        while self.ready:
-            self.ready.popleft().service()
-
-    def shutdown(self, cancel_pending: bool = True, timeout: float = 5) -> bool:
-        while self.ready:
-            self.ready.popleft().cancel()
-        return super().shutdown(cancel_pending, timeout)
-
-
-class _Channel(HTTPChannel):
-    task_class = _Task
-    error_task_class = _ErrorTask
-    held: list[bytes] | None = None
-
-    def write_soon(self, data: bytes) -> int:
-        if self.held is not None:
-            self.held.append(data)
-            return len(data)
-        return super().write_soon(data)
-
-    def service(self) -> None:
-        if not small_post(self.requests[0]):
-            return super().service()
-        started = time.perf_counter()
-        super().service()
-        self.server.task_dispatcher.observe(time.perf_counter() - started)
-
-    def idle(self) -> bool:
-        """No request half-read, running or waiting for its response to be sent."""
-        return not self.requests and self.request is None and not self.total_outbufs_len
-
-
-class ProcessServer:
-    """waitress on the shared listener, driven by our loop so it can stop gracefully."""
-
-    def __init__(
-        self,
-        app: Any,
-        listener: socket.socket,
-        settings: ServeSettings,
-        balance: AcceptBalance | None = None,
-    ) -> None:
-        body_limit = int(settings.max_request_mb * 1024 * 1024)
-        self.dispatcher = LoopDispatcher(settings.threads)
-        self.server = create_server(
-            app,
-            sockets=[listener],
-            _dispatcher=self.dispatcher,
-            ident="model-endpoint",
-            connection_limit=CONNECTION_LIMIT,
-            asyncore_use_poll=True,
-            # waitress buffers whole bodies before the app runs: refuse bigger ones
-            # while reading (headroom for chunk framing; the app enforces the exact limit)
-            max_request_body_size=body_limit + max(1 << 16, body_limit // 16),
-        )
-        self.server.channel_class = _Channel
-        self.server.draining = False
-        self.server.recorder = app.metrics
-        self.server.accepting = False
-        self.server.pull_trigger = self._pull_trigger
-        self.stopping = False
-        self.balance = balance
-        self.deferred_at: float | None = None
-        self.accept_now = False
-        if balance is not None:
-            self._server_readable = self.server.readable
-            self._server_accept = self.server.handle_accept
-            self.server.readable = self._readable
-            self.server.handle_accept = self._handle_accept
-
-    def open(self) -> None:
-        """Start accepting connections (until then the kernel hands them to other processes)."""
-        self.server.accepting = True
-
-    def serve(self, tick: Callable[[], None]) -> None:
-        """Answer requests until `stop` is called (from a signal handler or `tick`).
-
-        Under load poll2 returns for every socket event; `tick` still runs only every
-        TICK_SECONDS, so its checks cost nothing per request.
-        """
-        channels = self.server._map
-        next_tick = 0.0
-        self.dispatcher.loop_thread = threading.get_ident()
-        while not self.stopping:
-            wasyncore.poll2(self._poll_timeout(), channels)
-            self.dispatcher.run_ready()
-            now = time.monotonic()
-            if now >= next_tick:
-                next_tick = now + TICK_SECONDS
-                tick()
-
-    def stop(self, *_: object) -> None:
-        self.stopping = True
-        self.server.draining = True  # a response built from now on says Connection: close
-
-    def _pull_trigger(self) -> None:
-        """Wake the loop, unless the caller is the loop (it polls again next anyway)."""
-        if threading.get_ident() != self.dispatcher.loop_thread:
-            self.server.trigger.pull_trigger()
-
-    def _poll_timeout(self) -> float:
-        if self.deferred_at is None:
-            return TICK_SECONDS
-        # poll counts whole milliseconds: round up rather than spin at 0
-        return max(0.001, self.deferred_at + ACCEPT_DEFER_SECONDS - time.monotonic() + 0.001)
-
-    def _readable(self) -> bool:
-        """The listener is watched unless a connection waits for a process with fewer
-        connections: that one gets ACCEPT_DEFER_SECONDS to take it, then this one does."""
-        self.accept_now = False
-        if not self._server_readable():
-            return False
-        assert self.balance is not None
-        if self.balance.my_turn(len(self.server.active_channels)) or self.deferred_at is None:
-            self.deferred_at = None
-            return True
-        if time.monotonic() - self.deferred_at < ACCEPT_DEFER_SECONDS:
-            return False
-        self.deferred_at = None
-        self.accept_now = True
-        return True
-
-    def _handle_accept(self) -> None:
-        assert self.balance is not None
-        if self.accept_now or self.balance.my_turn(len(self.server.active_channels)):
-            self.accept_now = False
-            self._server_accept()
-        else:
-            self.deferred_at = time.monotonic()
-
-    def drain(self, seconds: float = DRAIN_SECONDS) -> bool:
-        """Stop accepting, finish requests in flight, close idle connections. True if all done."""
-        server = self.server
-        server.draining = True
-        if self.balance is not None:
-            self.balance.close()
-        wasyncore.dispatcher.close(server)
-        deadline = time.monotonic() + seconds
-        channels = server._map
-        while server.active_channels and time.monotonic() < deadline:
-            for channel in list(server.active_channels.values()):
-                if channel.idle():
-                    channel.handle_close()
-            if server.active_channels:
-                wasyncore.poll2(0.05, channels)
-                self.dispatcher.run_ready()
-        finished = not server.active_channels
-        server.task_dispatcher.shutdown(cancel_pending=True, timeout=1)
-        wasyncore.close_all(channels)
-        return finished
 
 
 class QueueDepthSummary(logging.Filter):

@@ -6,12 +6,28 @@ the process with a message that names the variable and what it accepts.
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Literal, TypeVar
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.errors import SettingsError
+
+# SageMaker's inference toolkit variables (aws/sagemaker-inference-toolkit,
+# src/sagemaker_inference/parameters.py) and the setting each one sets. SageMaker
+# sets them on the container, so when present they win over ours; the first listed
+# for a setting wins (the toolkit prefers ..._TIMEOUT_SECONDS too).
+SAGEMAKER_VARIABLES = {
+    "SAGEMAKER_BIND_TO_PORT": "port",
+    "SAGEMAKER_MODEL_SERVER_WORKERS": "workers",
+    "SAGEMAKER_MAX_PAYLOAD_IN_MB": "max_request_mb",
+    "SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS": "timeout_seconds",
+    "SAGEMAKER_MODEL_SERVER_TIMEOUT": "timeout_seconds",
+}
+# Where SageMaker unpacks the model's ModelDataUrl (model.tar.gz): <base>/model, the
+# base being SAGEMAKER_BASE_DIR or /opt/ml (sagemaker_inference/environment.py).
+SAGEMAKER_BASE_DIR = "/opt/ml"
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 OutputFormat = Literal["parquet", "csv", "jsonl"]
@@ -27,7 +43,7 @@ class CommonSettings(BaseSettings):
     model_uri: str = Field(
         min_length=1,
         description="Model bundle: s3://bucket/models/<name>/<version>/ or a local folder "
-        "holding manifest.json.",
+        "holding manifest.json (serve: /opt/ml/model when unset and it holds one).",
     )
     model_poll_seconds: float = Field(
         10.0, gt=0, description="How often to look for a new manifest at MODEL_URI (seconds > 0)."
@@ -41,12 +57,18 @@ class ServeSettings(CommonSettings):
     host: str = Field(
         "127.0.0.1", min_length=1, description="Address to listen on (the image sets 0.0.0.0)."
     )
-    port: int = Field(8080, ge=1, le=65535, description="TCP port (SageMaker expects 8080).")
+    port: int = Field(
+        8080,
+        ge=1,
+        le=65535,
+        description="TCP port (SageMaker: 8080, or SAGEMAKER_BIND_TO_PORT, which wins when set).",
+    )
     workers: int = Field(
         default_factory=lambda: os.cpu_count() or 1,
         ge=1,
         le=64,
-        description="Server processes sharing the port (1-64; default: CPU count).",
+        description="Server processes sharing the port (1-64; default: CPU count; "
+        "SAGEMAKER_MODEL_SERVER_WORKERS wins when set).",
     )
     threads: int = Field(
         4,
@@ -56,7 +78,18 @@ class ServeSettings(CommonSettings):
         "run on the process's event loop instead.",
     )
     max_request_mb: float = Field(
-        6.0, gt=0, le=1024, description="Largest request body in MB (413 above it)."
+        6.0,
+        ge=1,
+        le=1024,
+        description="Largest request body in MB, 1-1024 (413 above it; "
+        "SAGEMAKER_MAX_PAYLOAD_IN_MB wins when set).",
+    )
+    timeout_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="A connection that sends and receives nothing for this long is closed "
+        "(seconds > 0; SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS or "
+        "SAGEMAKER_MODEL_SERVER_TIMEOUT wins when set).",
     )
     api_key: str | None = Field(
         None,
@@ -100,10 +133,25 @@ def load_settings(cls: type[SettingsT], environ: Mapping[str, str] | None = None
     """Build `cls` from the environment, or raise SettingsError saying what to fix."""
     env = os.environ if environ is None else environ
     values = {name: env[name.upper()] for name in cls.model_fields if name.upper() in env}
+    if issubclass(cls, ServeSettings):
+        values = _sagemaker_values(env, values)
     try:
         return cls(_env_file=None, **values)  # type: ignore[call-arg]
     except ValidationError as exc:
         raise SettingsError(_explain(cls, exc)) from None
+
+
+def _sagemaker_values(env: Mapping[str, str], values: dict[str, str]) -> dict[str, str]:
+    """SageMaker's variables over ours, and the model SageMaker unpacked when MODEL_URI
+    is unset and /opt/ml/model holds a bundle."""
+    values = dict(values)
+    for variable in reversed(SAGEMAKER_VARIABLES):
+        if env.get(variable, "").strip():
+            values[SAGEMAKER_VARIABLES[variable]] = env[variable]
+    model_dir = Path(env.get("SAGEMAKER_BASE_DIR") or SAGEMAKER_BASE_DIR) / "model"
+    if "model_uri" not in values and (model_dir / "manifest.json").is_file():
+        values["model_uri"] = str(model_dir)
+    return values
 
 
 def _explain(cls: type[CommonSettings], exc: ValidationError) -> str:

@@ -5,9 +5,15 @@ a single-row request costs little more than the prediction itself. Every error
 becomes a response in one place, `error_response`; a client never sees a stack
 trace.
 
+A prediction request is four steps in `App.invocations`: `read_body` (the bytes,
+refused over MAX_REQUEST_MB), `codecs.read` (bytes -> rows, positional input named
+by the bundle's `Layout`), `predict` (the path the batch worker shares) and
+`codecs.encode` (rows -> the negotiated type; headerless CSV stays headerless). A
+layer that batches requests together belongs around the `predict` call.
+
 API_KEY guards the model and its telemetry (/invocations, /metrics). The health
 checks (/ping, /health) and the public descriptions (/execution-parameters,
-/openapi.json) stay open: load balancers and SageMaker call them without a key.
+/openapi.json, /version) stay open: load balancers and SageMaker call them without a key.
 """
 
 import hmac
@@ -20,8 +26,9 @@ from typing import Any, NamedTuple, Protocol
 
 import orjson
 
-from service import codecs, metrics, openapi
+from service import __version__, codecs, metrics, openapi
 from service.artifacts import Bundle
+from service.codecs import Layout
 from service.errors import (
     MalformedBody,
     MethodNotAllowed,
@@ -32,18 +39,19 @@ from service.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from service.media import JSON, TEXT
 from service.model import predict
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("service.access")
 
-JSON = "application/json"
 MODEL_NAME_HEADER = "X-Model-Name"
 MODEL_VERSION_HEADER = "X-Model-Version"
 API_KEY_HEADER = "X-Api-Key"
 PROTECTED_ROUTES = frozenset({"/invocations", "/metrics"})
 _STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
 _CHUNK = 1 << 16
+MAX_PAYLOAD_MB = 100  # the most SageMaker batch transform accepts for MaxPayloadInMB
 
 StartResponse = Callable[..., Any]
 
@@ -72,7 +80,7 @@ class AppConfig:
     max_request_bytes: int
     api_key: str | None = None
     max_concurrent: int = 1
-    max_payload_mb: int = 6
+    max_payload_mb: int = 6  # SageMaker's MaxPayloadInMB: never above the limit, nor 100
     access_log: bool = False
 
 
@@ -83,7 +91,7 @@ def config_from_settings(settings: Any) -> AppConfig:
         max_request_bytes=int(megabytes * 1024 * 1024),
         api_key=settings.api_key or None,
         max_concurrent=int(settings.workers) * int(settings.threads),
-        max_payload_mb=max(1, int(megabytes)),
+        max_payload_mb=min(MAX_PAYLOAD_MB, int(megabytes)),
         access_log=bool(getattr(settings, "access_log", False)),
     )
 
@@ -96,8 +104,10 @@ def json_response(status: int, document: Any, headers: Iterable[tuple[str, str]]
 
 
 def error_response(exc: ServiceError, headers: Iterable[tuple[str, str]] = ()) -> Response:
-    """The one mapping from an error to HTTP: its status, and {"error", "message"}."""
-    response = json_response(exc.status, {"error": exc.code, "message": exc.message}, headers)
+    """The one mapping from an error to HTTP: its status, and {"error", "message"} with
+    MLflow's "error_code" beside them."""
+    document = {"error": exc.code, "message": exc.message, "error_code": exc.mlflow_code}
+    response = json_response(exc.status, document, headers)
     return response._replace(error=exc.code)
 
 
@@ -123,6 +133,10 @@ class App:
             api_key_required=self._api_key is not None,
         )
         self._openapi = json_response(200, document)
+        version = __version__.encode()
+        self._version = Response(
+            200, [("Content-Type", TEXT), ("Content-Length", str(len(version)))], version
+        )
         self.routes: dict[str, dict[str, Callable[[dict[str, Any]], Response]]] = {
             "/ping": {"GET": self.ping},
             "/invocations": {"POST": self.invocations},
@@ -130,11 +144,13 @@ class App:
             "/health": {"GET": lambda environ: self._health},
             "/metrics": {"GET": self.render_metrics},
             "/openapi.json": {"GET": lambda environ: self._openapi},
+            "/version": {"GET": lambda environ: self._version},
         }
         for methods in self.routes.values():
             if "GET" in methods:
                 methods["HEAD"] = methods["GET"]
         self._model_headers: tuple[Bundle | None, list[tuple[str, str]]] = (None, [])
+        self._layout: tuple[Bundle | None, Layout | None] = (None, None)
         self._route_index = {path: i for i, path in enumerate(metrics.ROUTES)}
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
@@ -209,9 +225,11 @@ class App:
         answer_type = codecs.negotiate(environ.get("HTTP_ACCEPT"))
         _refuse_content_encoding(environ.get("HTTP_CONTENT_ENCODING"))
         body = self.read_body(environ)
-        frame = codecs.decode(body, environ.get("CONTENT_TYPE"))
-        result = predict(bundle, frame)
-        payload = codecs.encode(result, answer_type)
+        rows = codecs.read(body, environ.get("CONTENT_TYPE"), self.layout(bundle))
+        result = predict(bundle, rows.frame)
+        if not rows.ids:
+            result = result.drop(columns=[bundle.id_column])
+        payload = codecs.encode(result, answer_type, header=rows.header)
         headers = [
             ("Content-Type", answer_type),
             ("Content-Length", str(len(payload))),
@@ -268,6 +286,14 @@ class App:
             ]
             self._model_headers = (bundle, headers)
         return headers
+
+    def layout(self, bundle: Bundle) -> Layout:
+        """The names positional input takes, built once per bundle."""
+        cached_for, layout = self._layout
+        if cached_for is not bundle or layout is None:
+            layout = Layout(tuple(bundle.input_columns), bundle.id_column)
+            self._layout = (bundle, layout)
+        return layout
 
     def _no_model(self) -> ModelError:
         reason = self.store.last_error or "the model is still loading"

@@ -304,7 +304,7 @@ def test_worker_stopped_in_the_middle_of_a_file_writes_it_once_after_rescale(
             entry
             for entry in local_cloud.function_log()
             if entry.get("message") == "summary"
-            and entry["event"] == "schedule"
+            and entry.get("source") == "schedule"
             and entry["started"] >= 1
             and datetime.fromisoformat(entry["time"]) > stop_requested
         ], "the schedule rule's invocation did not start the replacement worker"

@@ -137,7 +137,7 @@ def test_model_shaped_json_never_gets_a_5xx(
         if response.status_code == 200:
             assert len(document["predictions"]) == len(rows)
         else:
-            assert set(document) == {"error", "message"}
+            assert set(document) == {"error", "message", "error_code"}
 
     call()
     print(f"model-shaped bodies: {sum(statuses.values())} cases: {dict(statuses)}")

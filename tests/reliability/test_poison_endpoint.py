@@ -72,7 +72,7 @@ def test_poison_is_answered_without_a_5xx(
         assert len(document["predictions"]) == expect.rows
         return
     assert status == expect.status, document
-    assert set(document) == {"error", "message"}, document
+    assert set(document) == {"error", "message", "error_code"}, document
     assert expect.accepts(document["error"]), document
     assert expect.missing_words(document["message"]) == [], document["message"]
     assert "Traceback" not in document["message"]

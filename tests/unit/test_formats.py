@@ -62,8 +62,9 @@ def test_garbage_is_malformed_not_a_crash(media):
 @pytest.mark.parametrize(
     "document",
     [
-        {"x": 1},
+        {"x": [1]},
         {"instances": [[1, 2]]},
+        {"instances": [{"a": 1}], "dataframe_records": [{"a": 1}]},
         {"dataframe_split": {"columns": ["a"], "data": [[1, 2]]}},
         {"inputs": {"a": [1], "b": [1, 2]}},
         3,
@@ -238,3 +239,29 @@ def test_small_json_frames_equal_pandas(table):
     fast = codecs._small_records_frame(records)
     if fast is not None:
         pd.testing.assert_frame_equal(fast, pd.DataFrame.from_records(records), check_exact=True)
+
+
+def test_answers_with_labels_booleans_datetimes_and_nulls_encode_in_every_type():
+    """Pipeline bundles answer string labels and may carry datetime or nullable ids."""
+    answer = pd.DataFrame(
+        {
+            "id": pd.to_datetime(["2024-01-01", None]),
+            "label": ["dog", "cat"],
+            "p_dog": [0.9, 0.2],
+            "flag": [True, False],
+            "n": pd.array([1, None], dtype="Int64"),
+        }
+    )
+    for media in codecs.MEDIA_TYPES:
+        for header in (True, False):
+            assert codecs.encode(answer, media, header=header)
+    lines = codecs.encode(answer, codecs.JSONLINES).splitlines()
+    assert orjson.loads(lines[0]) == {
+        "id": "2024-01-01T00:00:00",
+        "label": "dog",
+        "p_dog": 0.9,
+        "flag": True,
+        "n": 1,
+    }
+    assert orjson.loads(lines[1])["id"] is None and orjson.loads(lines[1])["n"] is None
+    assert codecs.encode(answer, codecs.CSV, header=False).count(b"\n") == 2

@@ -237,8 +237,8 @@ def test_model_requirements_are_pinned_and_installed_everywhere():
 
 
 def test_rows_the_model_itself_refuses_are_invalid_data_not_a_crash(kind_dirs):
-    bundle = load_bundle(str(kind_dirs["mixed"]))
-    rows = kind_rows("mixed", 3).assign(active=None)  # the example has no imputer for flags
+    bundle = load_bundle(str(kind_dirs["regression"]))
+    rows = kind_rows("regression", 3).assign(bmi=None)  # the example has no imputer
     with pytest.raises(
         InvalidData, match="the model cannot predict these rows: Input X contains NaN"
     ):
@@ -278,3 +278,19 @@ def test_package_to_s3_with_tar(tmp_path, lightgbm_model):
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         assert sorted(tar.getnames()) == ["manifest.json", "model.joblib"]
     assert loaded.version == "2" and loaded.input_columns == tuple(frame.columns)
+
+
+def test_missing_boolean_and_date_reach_the_pipelines_imputers(kind_dirs):
+    """JSON nulls in the mixed example's boolean and date columns are imputed by its own
+    steps: the answer is the estimator's own on the same missing values, not a refusal."""
+    bundle = load_bundle(str(kind_dirs["mixed"]))
+    rows = kind_rows("mixed", 4)
+    sent = rows.astype({"active": object, "signup": object})
+    sent.loc[[0, 2], "active"] = None
+    sent.loc[[1, 2], "signup"] = None
+    frame = codecs.decode(encode_rows(sent, codecs.JSON), codecs.JSON)
+    truth = rows.assign(active=rows["active"].astype(np.float64))
+    truth.loc[[0, 2], "active"] = np.nan
+    truth.loc[[1, 2], "signup"] = pd.NaT
+    want = expected_answer(bundle.model, truth, manifest_of(kind_dirs["mixed"]))
+    assert_same_answer(predict(bundle, frame), want)

@@ -110,3 +110,32 @@ def test_settings_readme_without_the_markers_fails_and_writes_nothing(tmp_path, 
     assert main(["settings", "--readme", str(readme)]) == 2
     assert "no <!-- generated" in capsys.readouterr().err
     assert readme.read_text() == "# no table here\n"
+
+
+def test_sagemaker_variables_set_ours_and_win(monkeypatch, tmp_path):
+    """The inference toolkit's names (sagemaker_inference/parameters.py): SageMaker sets
+    them on the container, so they win over ours."""
+    env = {
+        "MODEL_URI": "/m",
+        "PORT": "9000",
+        "SAGEMAKER_BIND_TO_PORT": "9123",
+        "SAGEMAKER_MODEL_SERVER_WORKERS": "3",
+        "SAGEMAKER_MAX_PAYLOAD_IN_MB": "20",
+        "SAGEMAKER_MODEL_SERVER_TIMEOUT": "30",
+    }
+    settings = load_settings(ServeSettings, env)
+    assert (settings.port, settings.workers, settings.max_request_mb) == (9123, 3, 20.0)
+    assert settings.timeout_seconds == 30.0
+    env["SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS"] = "45"
+    assert load_settings(ServeSettings, env).timeout_seconds == 45.0
+
+
+def test_without_model_uri_serve_uses_the_model_sagemaker_unpacked(tmp_path):
+    """<SAGEMAKER_BASE_DIR or /opt/ml>/model, as sagemaker_inference/environment.py says."""
+    base = {"SAGEMAKER_BASE_DIR": str(tmp_path)}
+    with pytest.raises(SettingsError, match="MODEL_URI is required"):
+        load_settings(ServeSettings, base)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "manifest.json").write_text("{}")
+    assert load_settings(ServeSettings, base).model_uri == str(tmp_path / "model")
+    assert load_settings(ServeSettings, {**base, "MODEL_URI": "/m"}).model_uri == "/m"

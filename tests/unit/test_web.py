@@ -3,6 +3,7 @@
 import io
 import logging
 import os
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -19,8 +20,7 @@ from werkzeug.test import Client
 from service import codecs, errors, metrics, openapi
 from service.artifacts import Bundle
 from service.model import predict
-from service.web import AppConfig, create_app, error_response
-from tests.support import wait_for
+from service.web import AppConfig, config_from_settings, create_app, error_response
 
 COLUMNS = ("x1", "x2", "x3")
 LIMIT = 4096
@@ -191,9 +191,33 @@ def test_unknown_route_is_404_and_wrong_method_405(client: Client) -> None:
 def test_openapi_document_is_valid_and_lists_every_route(client: Client) -> None:
     document = orjson.loads(client.get("/openapi.json").data)
     assert set(document["paths"]) == set(metrics.ROUTES) - {"other"}
-    assert document["components"]["schemas"]["Error"]["required"] == ["error", "message"]
+    error = document["components"]["schemas"]["Error"]
+    assert error["required"] == ["error", "message", "error_code"]
     openapi_spec_validator.validate(document)
     openapi_spec_validator.validate(openapi.document(api_key_required=True))
+
+
+def test_openapi_and_metrics_list_exactly_the_codes_of_the_error_registry(
+    client: Client,
+) -> None:
+    """service/errors.py is the one list: the document's Error enum, its responses and the
+    errors_total series of /metrics all hold exactly its codes, each under its status."""
+    document = orjson.loads(client.get("/openapi.json").data)
+    registry = {error.code: error.status for error in errors.ENDPOINT_ERRORS}
+    assert set(document["components"]["schemas"]["Error"]["properties"]["error"]["enum"]) == set(
+        registry
+    )
+    listed = {}
+    for name, response in document["components"]["responses"].items():
+        codes = response["description"].rsplit("Codes: ", 1)[1].rstrip(".").split(", ")
+        listed.update({code: int(name[1:]) for code in codes})
+    assert listed == registry
+    recorder = metrics.Metrics().slot(0)
+    for code in registry:
+        recorder.observe(1, registry[code], 0.001, error=code)
+    text = recorder.render().decode()
+    counted = set(re.findall(r'endpoint_errors_total\{error="([a-z_]+)"\}', text))
+    assert counted == set(registry) == set(metrics.ERROR_CODES)
 
 
 # -- predictions ------------------------------------------------------------------------
@@ -310,8 +334,158 @@ def test_strings_in_numeric_columns_are_422(client: Client, shape: str) -> None:
     assert "x2" in body["message"]
 
 
+# -- positional input (the features in the bundle's input order, an optional leading id) ---
+
+FEATURES = ROWS[list(COLUMNS)]
+
+
+def headerless_csv(frame: pd.DataFrame) -> bytes:
+    return frame.to_csv(header=False, index=False).encode()
+
+
+POSITIONAL = {
+    "csv": (codecs.CSV, lambda f: headerless_csv(f)),
+    "json-rows": (
+        codecs.JSON,
+        lambda f: orjson.dumps(f.astype(object).where(f.notna()).values.tolist()),
+    ),
+    "instances-rows": (
+        codecs.JSON,
+        lambda f: orjson.dumps({"instances": f.astype(object).where(f.notna()).values.tolist()}),
+    ),
+    "inputs-rows": (
+        codecs.JSON,
+        lambda f: orjson.dumps(
+            {"inputs": f.astype(object).where(f.notna()).values.tolist(), "params": {"k": 1}}
+        ),
+    ),
+    "jsonlines-rows": (
+        codecs.JSONLINES,
+        lambda f: b"\n".join(
+            orjson.dumps(r) for r in f.astype(object).where(f.notna()).values.tolist()
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("shape", list(POSITIONAL))
+@pytest.mark.parametrize("with_id", [False, True], ids=["features", "id-first"])
+def test_positional_rows_predict_as_named_ones(
+    client: Client, bundle: Bundle, shape: str, with_id: bool
+) -> None:
+    content_type, encode = POSITIONAL[shape]
+    frame = ROWS[["id", *COLUMNS]] if with_id else FEATURES
+    response = client.post("/invocations", data=encode(frame), content_type=content_type)
+    assert response.status_code == 200, response.data
+    result = pd.DataFrame(orjson.loads(response.data)["predictions"])
+    assert ("id" in result.columns) is with_id
+    if with_id:
+        assert result["id"].tolist() == [10, 11, 12]
+    np.testing.assert_allclose(result["activation"], expected(bundle), rtol=0, atol=1e-12)
+
+
+def test_headerless_csv_is_answered_without_header_one_line_per_input_line(
+    client: Client, bundle: Bundle
+) -> None:
+    body = headerless_csv(FEATURES)
+    response = client.post(
+        "/invocations", data=body, content_type=codecs.CSV, headers={"Accept": codecs.CSV}
+    )
+    lines = response.data.decode().splitlines()
+    assert len(lines) == len(body.decode().splitlines()) == 3
+    np.testing.assert_allclose([float(v) for v in lines], expected(bundle), rtol=0, atol=1e-12)
+    with_id = client.post(
+        "/invocations",
+        data=headerless_csv(ROWS[["id", *COLUMNS]]),
+        content_type=codecs.CSV,
+        headers={"Accept": codecs.CSV},
+    )
+    assert [line.split(",")[0] for line in with_id.data.decode().splitlines()] == ["10", "11", "12"]
+    headed = client.post(
+        "/invocations",
+        data=ROWS.to_csv(index=False).encode(),
+        content_type=codecs.CSV,
+        headers={"Accept": codecs.CSV},
+    )
+    assert headed.data.decode().splitlines()[0] == '"id","activation"'
+
+
+def test_a_header_is_recognised_by_its_names_never_by_its_values(client: Client) -> None:
+    """A headed CSV lacking a column is still headed (422 naming it); a first line of
+    text that names no column is a row (422: its values are not numbers)."""
+    missing = client.post("/invocations", data=b"id,x1,x2\n1,2,3\n", content_type=codecs.CSV)
+    assert "missing columns: x3" in assert_error(missing, 422, "invalid_data")["message"]
+    words = client.post("/invocations", data=b"a,b,c\n1,2,3\n", content_type=codecs.CSV)
+    assert assert_error(words, 422, "invalid_data")
+
+
 @pytest.mark.parametrize(
-    "document", [{"foo": 1}, [1, 2, 3], {"dataframe_split": {"columns": "x1"}}, "text", 42]
+    ("content_type", "body"),
+    [
+        (codecs.CSV, b"1,2\n3,4\n"),
+        (codecs.JSON, b"[[1, 2, 3, 4, 5]]"),
+        (codecs.JSON, b'{"instances": [[1]]}'),
+        (codecs.JSONLINES, b"[1, 2]\n[3, 4]\n"),
+    ],
+)
+def test_a_row_of_the_wrong_width_names_the_expected_count(
+    client: Client, content_type: str, body: bytes
+) -> None:
+    message = assert_error(
+        client.post("/invocations", data=body, content_type=content_type), 422, "invalid_data"
+    )["message"]
+    assert "send 3" in message and "or 4" in message and "x1, x2, x3" in message
+
+
+@pytest.mark.parametrize("body", ["\r¦AÅ`".encode(), b"a,b\rc\r1,2\r", b'"x\x00', b"\r\n\r\n"])
+def test_odd_csv_first_lines_are_a_4xx_never_a_500(client: Client, body: bytes) -> None:
+    """Found by schemathesis: a first line ended by a bare CR made the header check raise."""
+    response = client.post("/invocations", data=body, content_type=codecs.CSV)
+    assert 400 <= response.status_code < 500, response.data
+
+
+def test_one_json_object_is_one_record(client: Client, bundle: Bundle) -> None:
+    record = {"id": 7, "x1": 1.0, "x2": 0.0, "x3": 0.5}
+    for document in (record, {"instances": record}, {"inputs": record}):
+        response = client.post(
+            "/invocations", data=orjson.dumps(document), content_type=codecs.JSON
+        )
+        assert orjson.loads(response.data)["predictions"][0]["id"] == 7, document
+
+
+def test_mlflow_format_keys_exactly_one(client: Client) -> None:
+    body = {"instances": [[1, 2, 3]], "inputs": [[1, 2, 3]]}
+    response = client.post("/invocations", data=orjson.dumps(body), content_type=codecs.JSON)
+    error = assert_error(response, 400, "malformed_body")
+    assert "exactly one" in error["message"] and error["error_code"] == "BAD_REQUEST"
+
+
+def test_version_is_the_services_version(client: Client) -> None:
+    response = client.get("/version")
+    assert response.status_code == 200
+    assert response.data.decode() == __import__("service").__version__
+    pyproject = (__import__("pathlib").Path(__file__).parents[2] / "pyproject.toml").read_text()
+    assert f'version = "{response.data.decode()}"' in pyproject
+
+
+@pytest.mark.parametrize(("megabytes", "payload"), [(1.0, 1), (6.9, 6), (1024.0, 100)])
+def test_max_payload_never_above_the_limit_nor_100(megabytes: float, payload: int) -> None:
+    settings = SimpleNamespace(max_request_mb=megabytes, workers=1, threads=1, api_key=None)
+    assert config_from_settings(settings).max_payload_mb == payload
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"foo": [1]},
+        {"not": "a serialized dataframe"},
+        [[1, 2], [1]],
+        {"dataframe_split": {"columns": "x1"}},
+        {"instances": [{"x1": 1}], "inputs": [[1, 2, 3]]},
+        {"params": {"k": 1}},
+        "text",
+        42,
+    ],
 )
 def test_wrong_json_shape_is_400(client: Client, document: object) -> None:
     response = client.post("/invocations", data=orjson.dumps(document), content_type=codecs.JSON)
@@ -435,7 +609,9 @@ def test_the_key_in_either_header_is_accepted(guarded: Client, headers: dict[str
     assert guarded.get("/metrics", headers=headers).status_code == 200
 
 
-@pytest.mark.parametrize("path", ["/ping", "/health", "/execution-parameters", "/openapi.json"])
+@pytest.mark.parametrize(
+    "path", ["/ping", "/health", "/execution-parameters", "/openapi.json", "/version"]
+)
 def test_health_checks_and_descriptions_need_no_key(guarded: Client, path: str) -> None:
     assert guarded.get(path).status_code == 200
 
@@ -486,7 +662,11 @@ def test_unexpected_failure_is_500_without_a_traceback(
 def test_errors_map_to_their_status_and_code(error: type[errors.ServiceError]) -> None:
     response = error_response(error("what to fix"))
     assert response.status == error.status
-    assert orjson.loads(response.body) == {"error": error.code, "message": "what to fix"}
+    assert orjson.loads(response.body) == {
+        "error": error.code,
+        "message": "what to fix",
+        "error_code": error.mlflow_code,
+    }
 
 
 # -- metrics ----------------------------------------------------------------------------
@@ -548,207 +728,3 @@ def test_metrics_label_values_are_escaped_and_long_errors_cut() -> None:
     )
     assert '\\"quote\\" \\\\ and\\nnewline' in line
     assert len(line) < 2000
-
-
-# -- server -----------------------------------------------------------------------------
-
-
-def test_the_server_disables_nagle_on_accepted_connections(store: FakeStore) -> None:
-    """Small responses must not wait for the delayed-ACK timer (TCP_NODELAY)."""
-    import socket
-
-    from waitress import wasyncore
-
-    from service.server import ProcessServer, bind
-
-    listener = bind("127.0.0.1", 0)
-    settings = SimpleNamespace(threads=1, max_request_mb=1, workers=1, api_key=None)
-    process = ProcessServer(create_app(store, settings), listener, settings)
-    process.open()
-    client = socket.create_connection(listener.getsockname())
-    try:
-        for _ in range(50):
-            wasyncore.poll2(0.1, process.server._map)
-            if process.server.active_channels:
-                break
-        (channel,) = process.server.active_channels.values()
-        assert channel.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
-    finally:
-        client.close()
-        process.drain(seconds=1)
-        listener.close()
-
-
-def _queue_record() -> logging.LogRecord:
-    return logging.LogRecord(
-        "waitress.queue", logging.WARNING, "", 0, "Task queue depth is %d", (1,), None
-    )
-
-
-def test_queue_depth_warning_is_summarised():
-    from service.server import QueueDepthSummary
-
-    summary = QueueDepthSummary(interval=60)
-    assert summary.filter(_queue_record())
-    assert not any(summary.filter(_queue_record()) for _ in range(5))
-    summary.next_line = 0.0
-    last = _queue_record()
-    assert summary.filter(last)
-    assert last.getMessage() == "Task queue depth is 1 (and 5 times more since the last such line)"
-
-
-def test_a_process_takes_a_connection_unless_another_holds_fewer() -> None:
-    from service.server import ConnectionCounts
-
-    counts = ConnectionCounts(3)
-    first, second = counts.balance(0), counts.balance(1)
-    assert first.my_turn(0)  # slots that do not accept do not count
-    assert second.my_turn(0)
-    assert not first.my_turn(1)
-    assert second.my_turn(1)
-    second.close()
-    assert first.my_turn(1)
-    counts.clear(0)
-    assert set(counts.cells) == {ConnectionCounts.NOT_ACCEPTING}
-
-
-def test_a_busier_process_leaves_a_new_connection_to_another_then_takes_it(
-    store: FakeStore,
-) -> None:
-    """The other process gets ACCEPT_DEFER_SECONDS; if it does not accept, this one does."""
-    import socket
-    import time
-
-    from service.server import ACCEPT_DEFER_SECONDS, ConnectionCounts, ProcessServer, bind
-
-    listener = bind("127.0.0.1", 0)
-    settings = SimpleNamespace(threads=1, max_request_mb=1, workers=2, api_key=None)
-    counts = ConnectionCounts(2)
-    counts.cells[1] = 0  # an idle sibling that never accepts
-    process = ProcessServer(create_app(store, settings), listener, settings, counts.balance(0))
-    process.open()
-    clients = [socket.create_connection(listener.getsockname())]
-    try:
-        _poll_until(process, channels=1)
-        clients.append(socket.create_connection(listener.getsockname()))
-        started = time.monotonic()
-        _poll_until(process, channels=2)
-        assert time.monotonic() - started >= ACCEPT_DEFER_SECONDS
-        assert counts.cells[0] >= 1
-    finally:
-        for client in clients:
-            client.close()
-        process.drain(seconds=1)
-        listener.close()
-    assert counts.cells[0] == ConnectionCounts.NOT_ACCEPTING
-
-
-def _poll_until(process, channels: int) -> None:
-    from waitress import wasyncore
-
-    for _ in range(200):
-        wasyncore.poll2(process._poll_timeout(), process.server._map)
-        if len(process.server.active_channels) >= channels:
-            return
-    raise AssertionError(f"the server did not accept {channels} connections")
-
-
-class ThreadReporter:
-    """A WSGI app that answers with the id of the thread it ran on; b"slow" takes longer."""
-
-    metrics = None
-
-    def __call__(self, environ, start_response):
-        import threading
-        import time
-
-        from service import server
-
-        if environ["wsgi.input"].read() == b"slow":
-            time.sleep(server.INLINE_SLOW_SECONDS * 2)
-        start_response("200 OK", [("Content-Type", "text/plain")])
-        return [str(threading.get_ident()).encode()]
-
-
-@pytest.fixture
-def loop_server(monkeypatch):
-    """A ProcessServer running ThreadReporter, its loop on a thread of this test."""
-    import http.client
-    import threading
-
-    from service import server
-    from service.server import ProcessServer, bind
-
-    monkeypatch.setattr(server, "INLINE_SLOW_SECONDS", 0.25)  # no hiccup counts as slow
-
-    listener = bind("127.0.0.1", 0)
-    settings = SimpleNamespace(threads=2, max_request_mb=1, workers=1, api_key=None)
-    process = ProcessServer(ThreadReporter(), listener, settings)
-    process.open()
-    loop = threading.Thread(target=process.serve, args=(lambda: None,), daemon=True)
-    loop.start()
-    connection = http.client.HTTPConnection(*listener.getsockname(), timeout=10)
-
-    def call(body: bytes | None = b"row", method: str = "POST") -> int:
-        connection.request(method, "/invocations", body=body)
-        answer = connection.getresponse()
-        assert answer.status == 200
-        return int(answer.read())
-
-    try:
-        yield SimpleNamespace(call=call, loop=loop, process=process)
-    finally:
-        connection.close()
-        process.stop()
-        loop.join(5)
-        process.drain(seconds=1)
-        listener.close()
-
-
-def test_small_posts_run_on_the_loop_once_proved_fast(loop_server) -> None:
-    from service.server import INLINE_AFTER_FAST
-
-    loop = loop_server.loop.ident
-    first = [loop_server.call() for _ in range(INLINE_AFTER_FAST)]
-    assert loop not in first, "a request must prove fast on the threads first"
-    assert [loop_server.call() for _ in range(3)] == [loop] * 3
-
-
-def test_a_slow_request_sends_small_posts_back_to_the_threads(loop_server) -> None:
-    from service.server import INLINE_AFTER_FAST
-
-    loop = loop_server.loop.ident
-    for _ in range(INLINE_AFTER_FAST):
-        loop_server.call()
-    assert loop_server.call(b"slow") == loop  # the one request a slow model may hold it
-    assert loop_server.call() != loop
-    assert loop_server.call(b"slow") != loop
-
-
-def test_gets_and_big_bodies_always_run_on_the_threads(loop_server) -> None:
-    from service.server import INLINE_AFTER_FAST, INLINE_MAX_BYTES
-
-    loop = loop_server.loop.ident
-    for _ in range(INLINE_AFTER_FAST):
-        loop_server.call()
-    assert loop_server.call(None, "GET") != loop
-    assert loop_server.call(b"x" * (INLINE_MAX_BYTES + 1)) != loop
-    assert loop_server.call() == loop
-
-
-def test_the_header_and_a_small_body_leave_in_one_send(loop_server, monkeypatch) -> None:
-    from service import server
-
-    sizes: list[int] = []
-    send = server._Channel.send
-
-    def counting(channel, data, **options):
-        sent = send(channel, data, **options)
-        sizes.append(sent)
-        return sent
-
-    monkeypatch.setattr(server._Channel, "send", counting, raising=False)
-    for _ in range(6):  # on the threads, then on the loop
-        loop_server.call()
-    wait_for(lambda: len(sizes) >= 6, 5, "the last send to be counted")
-    assert len(sizes) == 6, sizes  # not a header send and a body send each

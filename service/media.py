@@ -1,0 +1,16 @@
+"""The media types the service speaks, defined once and imported wherever they are used.
+
+MEDIA_TYPES is the order in which `/invocations` offers them: the first answers
+`Accept: */*`.
+"""
+
+JSON = "application/json"
+PARQUET = "application/vnd.apache.parquet"
+X_PARQUET = "application/x-parquet"
+CSV = "text/csv"
+JSONLINES = "application/jsonlines"
+NDJSON = "application/x-ndjson"
+MEDIA_TYPES = (JSON, PARQUET, X_PARQUET, CSV, JSONLINES, NDJSON)
+
+PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
+TEXT = "text/plain; charset=utf-8"
