@@ -35,7 +35,7 @@ from service.codecs import (
 )
 from service.errors import MalformedBody
 
-__all__ = ["BatchWriter", "FileFormat", "file_format", "iter_batches"]
+__all__ = ["BatchWriter", "FileFormat", "file_format", "iter_batches", "known_rows"]
 
 
 Source = str | IO[bytes]  # a local path, or a seekable binary file such as an S3 input
@@ -54,6 +54,19 @@ def iter_batches(
     readers = {"parquet": _parquet_batches, "csv": _csv_batches, "jsonl": _jsonl_batches}
     _check_content(source, fmt)
     yield from readers[fmt.name](source, fmt, batch_rows, numeric_columns)
+
+
+def known_rows(source: Source, fmt: FileFormat) -> int | None:
+    """The rows a parquet file's footer declares (a remote reader has its footer already),
+    so an output written in parts can record them before its first part; None for text
+    formats, or a footer that does not read (iter_batches then says what is wrong)."""
+    if fmt.name != "parquet":
+        return None
+    try:
+        with _native(source) as native:
+            return int(pq.ParquetFile(native).metadata.num_rows)
+    except ARROW_ERRORS:
+        return None
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ from service import batch
 from service.artifacts import Bundle
 from service.batch import Action, JobMessage, Report
 from service.batch_contract import FileFormat, file_format, readable_suffixes, skipped_report
+from service.files import known_rows
 from service.lease import STOP_CHECK_SECONDS
 from service.s3_upload import S3Output
 from service.settings import WorkerSettings
@@ -97,6 +98,9 @@ class FilePipeline:
         """Stream the input through the model into the output upload; rows. Reading the
         input, predicting and uploading parts overlap."""
         with self.files.open_input(job, sequential=fmt.name != "parquet") as source:
+            declared = known_rows(source, fmt)
+            if declared:
+                output.declare({batch.META_ROWS: str(declared)})
             rows = transform_file(
                 source,
                 fmt,
@@ -114,8 +118,9 @@ class FilePipeline:
     def _open_output(
         self, job: JobMessage, bundle: Bundle, out_key: str, existing: dict | None
     ) -> S3Output:
-        """The output's upload, with its metadata but the row count (known at the end: it
-        joins the metadata where the output is one PutObject)."""
+        """The output's upload, with its metadata but the row count: a parquet input's footer
+        declares it before the first part; a text input's count is known at the end, and
+        joins the metadata where the output is one PutObject."""
         metadata = batch.output_metadata(job, bundle.name, bundle.version, 0)
         del metadata[batch.META_ROWS]
         content_type = batch.OUTPUT_CONTENT_TYPES[self.settings.output_format]

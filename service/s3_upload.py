@@ -54,6 +54,11 @@ class S3Output:
         self._spool: IO[bytes] | None = None
         self._replacing = "IfMatch" in condition
 
+    def declare(self, metadata: dict[str, str]) -> None:
+        """Metadata known before the first byte (S3 fixes it when the upload starts)."""
+        if self._upload_id is None:
+            self.extra = {**self.extra, "Metadata": {**self.extra.get("Metadata", {}), **metadata}}
+
     def writable(self) -> bool:
         return True
 

@@ -172,6 +172,16 @@ def test_a_large_output_goes_up_in_parts_and_appears_only_when_complete(s3):
     assert uploads(s3) == []
 
 
+def test_metadata_declared_before_the_first_part_is_on_a_large_output(s3):
+    files = side(s3)
+    output = files.open_output("declared.bin", {"Metadata": {"input-etag": "e"}}, None)
+    output.declare({batch.META_ROWS: "7"})
+    write_parts(output, PART_BYTES + 10)
+    assert files.commit(output, {batch.META_ROWS: "7"})
+    head = s3.head_object(Bucket=BUCKET, Key="declared.bin")
+    assert head["Metadata"] == {"input-etag": "e", "rows": "7"}
+
+
 def test_a_small_output_is_one_put_with_its_row_count(s3):
     files = side(s3)
     output = files.open_output("small.bin", {"Metadata": {"input-etag": "e"}}, None)
