@@ -2,9 +2,11 @@
 
 `S3Input` is a read-only file object over one object version: every GET carries If-Match
 on the announced ETag, so a replaced object fails instead of being read, and a stream that
-breaks resumes with a Range request under the same condition. Parquet reads it at random
-(ranged GETs, the next row group fetched while this one decodes); CSV and JSON Lines read
-it as one stream.
+breaks resumes with a Range request under the same condition. Parquet reads it at random:
+one ranged GET for the footer (which gives the size too), then one forward ranged stream
+that carries each row group, the next one fetched while this one decodes (two GETs per
+file: moto reads a whole object for every GET, ranged or not). CSV and JSON Lines read it
+as one stream, its first MiB kept for the format checks and header peeks.
 """
 
 from __future__ import annotations
