@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from tests.conformance import tools
 from tests.e2e.batch_helpers import WorkerWatch, get_json, report_key, to_parquet, wait_reports
 from tests.e2e.cloud_process import REPO_ROOT, LocalCloudProcess, wait_for, write_params
 
@@ -70,11 +71,11 @@ def upload_folder(cloud: LocalCloudProcess, folder: Path, bucket: str, prefix: s
 
 
 def aws_cli(cloud: LocalCloudProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    """The real AWS CLI (``aws`` on PATH) against the local cloud."""
-    command = shutil.which("aws")
-    assert command, "the AWS CLI (`aws`) is needed: pip install awscli in a venv of its own"
+    """The real AWS CLI (v1, in its own pinned venv: tests/conformance/tools.py) against
+    the local cloud."""
+    command = tools.venv(tools.AWSCLI_REQUIREMENTS, "awscli") / "aws"
     return subprocess.run(
-        [command, *args], env=cloud.user_environment(), capture_output=True, text=True,
+        [str(command), *args], env=cloud.user_environment(), capture_output=True, text=True,
         timeout=300, check=False,
     )  # fmt: skip
 
