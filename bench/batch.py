@@ -137,7 +137,8 @@ def upload_and_wait(
 
 
 def worker_phases(cloud: Cloud, key: str, timeout: float = 15) -> dict[str, float]:
-    """download/predict/upload seconds from the worker's `file` log line for `key`."""
+    """The worker's phase seconds (stream: read, predict and upload parts; commit: complete
+    the upload) from its `file` log line for `key`."""
     logs = cloud.client("logs")
     group = f"/ecs/{STACK_NAME}/worker"
 
@@ -282,14 +283,15 @@ def record_throughput_ratios(recorder: Recorder, figures: dict[str, float], rows
     if "worker total" in figures:
         limit_seconds = rows / figures["limit"]
         recorder.add(
-            "ratio 1M limit time / worker's own time (download+predict+upload)",
+            "ratio 1M limit time / worker's own time (input in S3 to output)",
             "x",
             limit_seconds / figures["worker total"],
         )
+    if "worker stream" in figures:
         recorder.add(
-            "ratio 1M limit time / worker's predict phase",
+            "ratio 1M limit time / worker's stream phase (read, predict, upload parts)",
             "x",
-            limit_seconds / figures["worker predict"],
+            rows / figures["limit"] / figures["worker stream"],
         )
 
 
@@ -299,8 +301,8 @@ def print_round(number: int, rounds: int, figures: dict[str, float]) -> None:
     print(
         f"throughput round {number + 1}/{rounds}: limit {figures['limit']:,.0f} rows/s, "
         f"from input in S3 {figures['ours after upload'] / figures['limit']:.2f}x, "
-        f"worker download {figures.get('worker download', float('nan')):.3f} s "
-        f"predict {figures.get('worker predict', float('nan')):.3f} s; "
+        f"worker stream {figures.get('worker stream', float('nan')):.3f} s "
+        f"commit {figures.get('worker commit', float('nan')):.3f} s; "
         f"neighbours {figures['limit neighbour cores']:.2f} / "
         f"{figures['ours neighbour cores']:.2f} cores, stolen "
         f"{figures['limit stolen cores']:.2f} / {figures['ours stolen cores']:.2f}, "
@@ -385,7 +387,9 @@ def memory(
         recorder.add("ratio peak RSS 10M / 1M", "x", peaks["10m"] / peaks["1m"])
 
 
-def run_worker_once(env: dict[str, str], log: Path, expect_file: bool = True) -> dict[str, float]:
+def run_worker_once(
+    env: dict[str, str], log: Path, expect_file: bool = True, cwd: Path = REPO_ROOT
+) -> dict[str, float]:
     """`python -m service worker` until it idles out; its peak RSS, measured twice.
 
     `peak_mib`: the kernel's high-water mark of the worker's own memory (VmHWM), read every
@@ -399,7 +403,7 @@ def run_worker_once(env: dict[str, str], log: Path, expect_file: bool = True) ->
     with log.open("wb") as out:
         process = subprocess.Popen(
             [*wrapper, sys.executable, "-m", "service", "worker"],
-            cwd=REPO_ROOT,
+            cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=out,

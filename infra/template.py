@@ -52,11 +52,18 @@ _Loader.add_constructor("tag:yaml.org,2002:timestamp", _Loader.construct_yaml_st
 
 
 def load_template(path: str | Path = STACK_PATH) -> dict[str, Any]:
-    """Parse a template (YAML or JSON) into plain dicts in the long `Fn::` form."""
-    text = Path(path).read_text(encoding="utf-8")
-    document = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    """Parse a template file (YAML or JSON) into plain dicts in the long `Fn::` form."""
+    return parse_template(Path(path).read_text(encoding="utf-8"), str(path))
+
+
+def parse_template(text: str, source: str = "template") -> dict[str, Any]:
+    """Parse a template's text; ``source`` names it in the error."""
+    try:
+        document = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.YAMLError as exc:
+        raise TemplateError(f"{source} is not YAML or JSON: {exc}") from exc
     if not isinstance(document, dict) or "Resources" not in document:
-        raise TemplateError(f"{path} is not a CloudFormation template (no Resources)")
+        raise TemplateError(f"{source} is not a CloudFormation template (no Resources)")
     return document
 
 

@@ -17,6 +17,7 @@ from localcloud.deploy import DeployedStack, DeployError
 from localcloud.procs import DUMMY_KEY
 from localcloud.server import ServerStartError
 from localcloud.settings import LOOPBACK, LocalCloudSettings
+from localcloud.waiting import wait_until
 
 NAME = "localcloud"
 READY = "ready"
@@ -37,6 +38,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for command in (up, demo):
         _add_options(command, defaults)
+        command.add_argument(
+            "--model", help="a bundle folder or s3:// prefix to serve from the start"
+        )
+        command.add_argument(
+            "--fresh", action="store_true", help="start with empty state (no kept objects)"
+        )
+    up.add_argument(
+        "--watch",
+        action="store_true",
+        help="reload the endpoint and Lambda environments when service/, lambda/ or infra/ change",
+    )
+    redeploy = commands.add_parser(
+        "deploy", help="re-apply the template to the running local cloud (a stack update)"
+    )
+    redeploy.add_argument("--port", type=int, default=defaults.port, help="AWS API port (4566)")
+    redeploy.add_argument("--stack-name", default=defaults.stack_name)
+    redeploy.add_argument("--template", type=Path, default=defaults.template)
+    redeploy.add_argument("--params", type=Path, default=None, help="parameter file")
     return parser
 
 
@@ -52,7 +71,13 @@ def _add_options(command: argparse.ArgumentParser, defaults: LocalCloudSettings)
     )
     command.add_argument("--stack-name", default=defaults.stack_name)
     command.add_argument("--template", type=Path, default=defaults.template)
-    command.add_argument("--params", type=Path, default=defaults.params, help="parameter file")
+    command.add_argument(
+        "--params",
+        type=Path,
+        default=None,
+        help="parameter file (default infra/params/local.json, or the values kept from the "
+        "last run)",
+    )
     command.add_argument(
         "--schedule-scale",
         type=float,
@@ -79,6 +104,16 @@ def _add_options(command: argparse.ArgumentParser, defaults: LocalCloudSettings)
 
 def settings_from(args: argparse.Namespace) -> LocalCloudSettings:
     defaults = LocalCloudSettings()
+    if args.command == "deploy":
+        return replace(
+            defaults,
+            port=args.port,
+            stack_name=args.stack_name,
+            template=args.template.resolve(),
+        )
+    model = args.model
+    if model and not model.startswith("s3://"):
+        model = str(Path(model).resolve())
     return replace(
         defaults,
         port=args.port,
@@ -86,7 +121,10 @@ def settings_from(args: argparse.Namespace) -> LocalCloudSettings:
         bind=args.bind,
         stack_name=args.stack_name,
         template=args.template.resolve(),
-        params=args.params.resolve(),
+        params=(args.params or defaults.params).resolve(),
+        params_explicit=args.params is not None,
+        model=model,
+        watch=getattr(args, "watch", False),
         schedule_scale=args.schedule_scale,
         retry_delays=tuple(d * args.retry_scale for d in defaults.retry_delays),
         fault_drop_events=args.fault_drop_events,
@@ -106,18 +144,34 @@ def main(argv: list[str] | None = None) -> int:
             "reach it can use the local cloud (meant for a container with published ports)",
             file=sys.stderr,
         )
+    if args.command == "deploy":
+        return deploy_command(settings, args.params)
     if args.command == "demo":
         from localcloud.demo import run_demo
 
-        return run_demo(settings)
-    return up(settings)
+        return run_demo(settings, fresh=args.fresh)
+    return up(settings, fresh=args.fresh)
 
 
-def up(settings: LocalCloudSettings, console: Console | None = None) -> int:
+def deploy_command(settings: LocalCloudSettings, params: Path | None) -> int:
+    """0 when the stack is updated (or had nothing to change), 1 otherwise."""
+    from localcloud.clients import LocalSession
+    from localcloud.redeploy import redeploy
+
+    console = Console()
+    try:
+        status = redeploy(settings, LocalSession(settings), params, lambda t: console.line(NAME, t))
+    except (DeployError, TimeoutError) as exc:
+        console.line(NAME, f"error: {exc}")
+        return 1
+    return 0 if status in ("UPDATE_COMPLETE", "UNCHANGED") else 1
+
+
+def up(settings: LocalCloudSettings, console: Console | None = None, fresh: bool = False) -> int:
     """Run until Ctrl-C or SIGTERM; exit 0 after a clean stop, 1 if the stack failed."""
     console = console or Console()
     stop = threading.Event()
-    cloud = LocalCloud(settings, console)
+    cloud = LocalCloud(settings, console, fresh=fresh)
 
     def on_signal(_number: int, _frame: object) -> None:
         if stop.is_set():
@@ -159,7 +213,13 @@ def _announce(
         NAME, f"  AWS CLI v1 ignores it for sqs: aws sqs ... --endpoint-url {settings.endpoint_url}"
     )
     if "InputBucketName" in stack.outputs:
+        console.line(NAME, "make sample rows for the example model, then upload them:")
+        console.line(
+            NAME,
+            f"  python scripts/train_example.py --out {settings.state_dir / 'sample-model'} --sample rows.parquet",
+        )
         console.line(NAME, f"  aws s3 cp rows.parquet s3://{stack.outputs['InputBucketName']}/")
+    console.line(NAME, f"state kept in {settings.kept_state_dir} (--fresh starts empty)")
     endpoint = stack.outputs.get("EndpointUrl", "")
     if endpoint.startswith("http://127.0.0.1"):
         healthy = _wait_endpoint(cloud, stop)
@@ -170,9 +230,13 @@ def _announce(
 
 def _wait_endpoint(cloud: LocalCloud, stop: threading.Event) -> bool:
     """Wait for /ping, giving up early when asked to stop."""
-    waited = 0.0
-    while waited < ENDPOINT_WAIT_SECONDS and not stop.is_set():
-        if cloud.wait_endpoint(1.0):
-            return True
-        waited += 1.0
-    return False
+    try:
+        wait_until(
+            lambda: stop.is_set() or cloud.endpoint_healthy(),
+            ENDPOINT_WAIT_SECONDS,
+            "the endpoint",
+            interval=0.5,
+        )
+    except TimeoutError:
+        return False
+    return not stop.is_set()

@@ -11,9 +11,9 @@ import importlib.util
 import json
 import signal
 import sys
-import time
 import urllib.request
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import IO, Any
@@ -25,12 +25,14 @@ from localcloud.cloud import LocalCloud
 from localcloud.console import Console
 from localcloud.deploy import DeployedStack
 from localcloud.settings import LocalCloudSettings
+from localcloud.waiting import wait_until
 from service.batch import OUTPUT_CONTENT_TYPES
-from service.batch_contract import REPORT_SUFFIX, REPORTS_FOLDER, SUCCEEDED
+from service.batch_contract import SUCCEEDED, report_key
 from service.codecs import JSON, PARQUET, decode, encode_parquet
 from service.files import file_format
 
-DEMO_KEY = "demo/sample.parquet"
+# One key per run: the kept state may hold an earlier run's report.
+DEMO_KEY = "demo/sample-{time:%Y%m%dT%H%M%S}.parquet"
 SAMPLE_ROWS = 100
 WAIT_SECONDS = 300.0
 IDENTICAL = 1e-9
@@ -46,13 +48,13 @@ def _load_training_script(repo_root: Path) -> ModuleType:
     return module
 
 
-def run_demo(settings: LocalCloudSettings, out: IO[str] | None = None) -> int:
+def run_demo(settings: LocalCloudSettings, out: IO[str] | None = None, fresh: bool = False) -> int:
     """0 when the batch and the endpoint agree on every row, 1 otherwise."""
     out = out or sys.stdout
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     log_path = settings.state_dir / "demo.log"
     with log_path.open("w", encoding="utf-8") as log:
-        cloud = LocalCloud(settings, Console(stream=log, color=False))
+        cloud = LocalCloud(settings, Console(stream=log, color=False), fresh=fresh)
         signal.signal(signal.SIGTERM, _interrupt)
         print(f"starting the local cloud (log: {log_path})", file=out)
         try:
@@ -79,9 +81,10 @@ def _demo(cloud: LocalCloud, stack: DeployedStack, out: IO[str]) -> int:
     rows = _load_training_script(cloud.settings.repo_root).sample_rows(SAMPLE_ROWS)
     body = encode_parquet(rows)
     s3 = cloud.session.client("s3")
-    s3.put_object(Bucket=outputs["InputBucketName"], Key=DEMO_KEY, Body=body)
-    print(f"uploaded {len(rows)} rows to s3://{outputs['InputBucketName']}/{DEMO_KEY}", file=out)
-    report = _wait_for_report(cloud, outputs, out)
+    key = DEMO_KEY.format(time=datetime.now(UTC))
+    s3.put_object(Bucket=outputs["InputBucketName"], Key=key, Body=body)
+    print(f"uploaded {len(rows)} rows to s3://{outputs['InputBucketName']}/{key}", file=out)
+    report = _wait_for_report(cloud, outputs, key, out)
     if report is None:
         print(f"no predictions after {WAIT_SECONDS:.0f} s; see the log", file=out)
         return 1
@@ -94,26 +97,31 @@ def _demo(cloud: LocalCloud, stack: DeployedStack, out: IO[str]) -> int:
 
 
 def _wait_for_report(
-    cloud: LocalCloud, outputs: dict[str, str], out: IO[str]
+    cloud: LocalCloud, outputs: dict[str, str], key: str, out: IO[str]
 ) -> dict[str, Any] | None:
     """Follow the file through the pipeline; the report marks the end."""
     s3 = cloud.session.client("s3")
-    report_suffix = f"{REPORTS_FOLDER}/{DEMO_KEY}{REPORT_SUFFIX}"
+    prefix = (cloud.stack.parameters if cloud.stack else {}).get("OutputPrefix") or "predictions"
+    where = report_key(prefix, key)
     checks: list[Callable[[], bool]] = [
         lambda: _queue_touched(cloud, outputs["JobQueueUrl"]),
         lambda: _worker_running(cloud, outputs["ClusterName"]),
     ]
-    deadline = time.monotonic() + WAIT_SECONDS
     with _Progress(out) as progress:
-        while time.monotonic() < deadline:
-            key = _find_key(s3, outputs["OutputBucketName"], report_suffix)
-            if key is not None:
-                progress.reach(len(STAGES))
-                document = s3.get_object(Bucket=outputs["OutputBucketName"], Key=key)
-                return json.loads(document["Body"].read())
-            progress.reach(1 + sum(1 for check in checks if check()))
-            time.sleep(0.5)
-    return None
+
+        def report() -> dict[str, Any] | None:
+            try:
+                document = s3.get_object(Bucket=outputs["OutputBucketName"], Key=where)
+            except s3.exceptions.NoSuchKey:
+                progress.reach(1 + sum(1 for check in checks if check()))
+                return None
+            progress.reach(len(STAGES))
+            return json.loads(document["Body"].read())
+
+        try:
+            return wait_until(report, WAIT_SECONDS, "the predictions", interval=0.5)
+        except TimeoutError:
+            return None
 
 
 class _Progress:
@@ -159,14 +167,6 @@ def _worker_running(cloud: LocalCloud, cluster: str) -> bool:
     ecs = cloud.session.client("ecs")
     tasks = ecs.list_tasks(cluster=cluster, startedBy="batch-worker", desiredStatus="RUNNING")
     return bool(tasks["taskArns"])
-
-
-def _find_key(s3: Any, bucket: str, suffix: str) -> str | None:
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-        for item in page.get("Contents", []):
-            if item["Key"].endswith(suffix):
-                return item["Key"]
-    return None
 
 
 def _read_output(s3: Any, report: dict[str, Any]) -> pd.DataFrame:

@@ -11,13 +11,10 @@ dropped: moto enforces them, and the local endpoint is plain HTTP, so a policy d
 
 from __future__ import annotations
 
-import io
 import shutil
 import sys
-import time
-import zipfile
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,27 +22,32 @@ from botocore.exceptions import BotoCoreError, ClientError
 from botocore.parsers import ResponseParserError
 from moto.cloudformation.models import cloudformation_backends
 
+from infra.package import lambda_zip
 from infra.template import (
     Context,
     evaluate_conditions,
     load_parameter_file,
     load_template,
+    make_context,
     parameter_values,
     pseudo_parameters,
     resolve,
     s3_bucket_calls,
 )
+from localcloud.bundles import BundleError, bundle_prefix, upload_bundle
 from localcloud.console import Console
 from localcloud.procs import Child, base_environment
-from localcloud.settings import REPO_ROOT, LocalCloudSettings
-from service.batch_contract import LAMBDA_MODULES
+from localcloud.settings import LocalCloudSettings
+from localcloud.stack_updates import stable_stack_id
+from localcloud.state import StateStore
+from localcloud.waiting import wait_until
 
 AUTO = "auto"
 CODE_BUCKET_PARAMETER = "LambdaCodeBucket"
 CODE_KEY_PARAMETER = "LambdaCodeKey"
 ENDPOINT_URL_PARAMETER = "EndpointUrlWhenNoLoadBalancer"
 EXAMPLE_MODEL_PREFIX = "models/example/1/"
-_ZIP_EPOCH = (2020, 1, 1, 0, 0, 0)
+MODEL_BUCKET_RESOURCE = "ModelBucket"
 _DONE = {"CREATE_COMPLETE", "UPDATE_COMPLETE"}
 _FAILED_SUFFIXES = ("FAILED", "ROLLBACK_COMPLETE", "ROLLBACK_IN_PROGRESS")
 
@@ -62,27 +64,17 @@ class DeployedStack:
     stack_id: str
     parameters: dict[str, str]
     outputs: dict[str, str]
+    # Parameters the local cloud fills in at every start ("auto" network ids).
+    auto: frozenset[str] = frozenset()
 
-
-def package_lambda(source: Path) -> bytes:
-    """Zip a Lambda folder, plus the service modules its handler imports (LAMBDA_MODULES),
-    reproducibly (same files, same bytes, same CodeSha256)."""
-    buffer = io.BytesIO()
-    members = [
-        (path.relative_to(source).as_posix(), path)
-        for path in source.rglob("*")
-        if path.is_file()
-        and "__pycache__" not in path.relative_to(source).parts
-        and path.suffix != ".pyc"
-    ]
-    members += [(name, REPO_ROOT / name) for name in LAMBDA_MODULES]
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, path in sorted(members):
-            info = zipfile.ZipInfo(name, _ZIP_EPOCH)
-            info.external_attr = 0o644 << 16
-            info.compress_type = zipfile.ZIP_DEFLATED
-            archive.writestr(info, path.read_bytes())
-    return buffer.getvalue()
+    def kept_parameters(self) -> dict[str, str]:
+        """The parameters to start with next time: filled-in values as ``auto`` again, the
+        endpoint's URL left to the next start's port."""
+        return {
+            name: AUTO if name in self.auto else value
+            for name, value in self.parameters.items()
+            if name != ENDPOINT_URL_PARAMETER
+        }
 
 
 def default_network(ec2: Any) -> dict[str, str]:
@@ -143,22 +135,26 @@ def deploy_stack(
         )
     except (ClientError, BotoCoreError, ResponseParserError) as exc:
         raise DeployError(f"CloudFormation refused stack {name}: {exc}") from exc
-    deadline = time.monotonic() + timeout
-    while True:
-        stack = cfn.describe_stacks(StackName=name)["Stacks"][0]
-        status = stack["StackStatus"]
-        if status in _DONE:
-            break
-        if status.endswith(_FAILED_SUFFIXES):
-            raise DeployError(f"stack {name} is {status}: {_failure_reasons(cfn, name)}")
-        if time.monotonic() > deadline:
-            raise DeployError(f"stack {name} still {status} after {timeout:.0f} s")
-        time.sleep(0.2)
+    try:
+        stack = wait_until(lambda: _settled(cfn, name), timeout, f"stack {name} to be created")
+    except TimeoutError as exc:
+        raise DeployError(str(exc)) from exc
+    status = stack["StackStatus"]
+    if status not in _DONE:
+        raise DeployError(f"stack {name} is {status}: {failure_reasons(cfn, name)}")
     outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
     return DeployedStack(name, stack["StackId"], dict(parameters), outputs)
 
 
-def _failure_reasons(cfn: Any, name: str) -> str:
+def _settled(cfn: Any, name: str) -> dict[str, Any] | None:
+    """The stack once it is no longer in progress."""
+    stack = cfn.describe_stacks(StackName=name)["Stacks"][0]
+    status = str(stack["StackStatus"])
+    done = status in _DONE or status.endswith(_FAILED_SUFFIXES)
+    return stack if done and not status.endswith("_IN_PROGRESS") else None
+
+
+def failure_reasons(cfn: Any, name: str) -> str:
     events = cfn.describe_stack_events(StackName=name)["StackEvents"]
     failed = [
         f"{e.get('LogicalResourceId')}: {e.get('ResourceStatusReason')}"
@@ -244,6 +240,14 @@ def event_invoke_configs(template: Mapping[str, Any], context: Context) -> list[
         if resource.get("Type") == "AWS::Lambda::EventInvokeConfig":
             configs.append(resolve(resource.get("Properties", {}), context))
     return configs
+
+
+def apply_event_invoke_configs(
+    lambda_client: Any, template: Mapping[str, Any], context: Context, console: Console
+) -> None:
+    for config in event_invoke_configs(template, context):
+        lambda_client.put_function_event_invoke_config(**config)
+        console.line("localcloud", f"applied the event invoke config of {config['FunctionName']}")
 
 
 def apply_dropped(s3: Any, calls: list[tuple[str, dict[str, Any]]], console: Console) -> None:
@@ -337,34 +341,93 @@ def ensure_example_model(
     console.line("localcloud", f"uploaded the example model to {uri}")
 
 
+def stack_parameters(
+    settings: LocalCloudSettings,
+    template: Mapping[str, Any],
+    store: StateStore,
+    console: Console,
+) -> dict[str, str]:
+    """The parameter file's values, or the ones the stack last had when its state was kept
+    (an explicit ``--params`` wins); ``--model`` and the endpoint port are applied later."""
+    declared = template.get("Parameters", {})
+    saved = None if settings.params_explicit else store.stack_parameters(settings.stack_name)
+    if saved is not None:
+        console.line("localcloud", f"parameters of {settings.stack_name} as last deployed")
+        return {k: v for k, v in saved.items() if k in declared}
+    try:
+        return load_parameter_file(settings.params) if settings.params.exists() else {}
+    except (OSError, ValueError) as exc:
+        raise DeployError(f"cannot read the parameters: {exc}") from exc
+
+
+def planned_model_bucket(
+    settings: LocalCloudSettings, template: Mapping[str, Any], given: Mapping[str, str]
+) -> str:
+    """The model bucket's name before the stack exists (its stack id is stable)."""
+    stack_id = stable_stack_id(settings.stack_name, settings.region, settings.account_id)
+    pseudo = pseudo_parameters(settings.stack_name, settings.account_id, settings.region, stack_id)
+    context = make_context(template, given, pseudo)
+    properties = template["Resources"][MODEL_BUCKET_RESOURCE]["Properties"]
+    return str(resolve(properties["BucketName"], context))
+
+
 def deploy(
-    settings: LocalCloudSettings, session: Any, console: Console, example: ExampleBundle
+    settings: LocalCloudSettings,
+    session: Any,
+    console: Console,
+    example: ExampleBundle,
+    store: StateStore,
 ) -> DeployedStack:
-    """Everything ``up`` does before starting compute: code, stack, dropped properties, model."""
+    """Everything ``up`` does before starting compute: code, stack, kept objects, dropped
+    properties, model."""
     try:
         template = load_template(settings.template)
-        given = load_parameter_file(settings.params) if settings.params.exists() else {}
     except (OSError, ValueError) as exc:
-        raise DeployError(f"cannot read the template or parameters: {exc}") from exc
-    if not given.get("ModelUri"):
-        example.start()
+        raise DeployError(f"cannot read the template: {exc}") from exc
+    given = stack_parameters(settings, template, store, console)
+    auto = frozenset(name for name, value in given.items() if value == AUTO)
     given = fill_auto_parameters(template, given, default_network(session.client("ec2")))
     if settings.endpoint_port and ENDPOINT_URL_PARAMETER in template.get("Parameters", {}):
         given[ENDPOINT_URL_PARAMETER] = f"http://{settings.host}:{settings.endpoint_port}"
     s3 = session.client("s3")
-    if CODE_BUCKET_PARAMETER in given and CODE_KEY_PARAMETER in given:
-        code = package_lambda(settings.lambda_source)
-        upload_lambda_code(s3, given[CODE_BUCKET_PARAMETER], given[CODE_KEY_PARAMETER], code)
-        console.line("localcloud", f"uploaded {settings.lambda_source.name}/ ({len(code)} bytes)")
+    if settings.model:
+        given["ModelUri"] = _bundle_uri(
+            settings, s3, planned_model_bucket(settings, template, given)
+        )
+    if not given.get("ModelUri"):
+        example.start()
+    _upload_code(settings, s3, given, console)
     cfn = session.client("cloudformation")
     console.line("localcloud", f"deploying {settings.template.name} as {settings.stack_name}")
     body = Path(settings.template).read_text(encoding="utf-8")
-    stack = deploy_stack(cfn, settings.stack_name, body, given, settings.deploy_timeout)
+    stack = replace(
+        deploy_stack(cfn, settings.stack_name, body, given, settings.deploy_timeout), auto=auto
+    )
+    kept = store.restore_s3()
+    if kept.objects:
+        console.line("localcloud", f"restored {kept.objects} object(s) from {store.folder}")
+    if settings.model:
+        upload_bundle(s3, settings.model, given["ModelUri"])
+        console.line("localcloud", f"uploaded the bundle {settings.model} to {given['ModelUri']}")
     context = stack_context(settings, cfn, template, stack)
     apply_dropped(s3, dropped_calls(template, context), console)
-    lambda_client = session.client("lambda")
-    for config in event_invoke_configs(template, context):
-        lambda_client.put_function_event_invoke_config(**config)
-        console.line("localcloud", f"applied the event invoke config of {config['FunctionName']}")
+    apply_event_invoke_configs(session.client("lambda"), template, context, console)
     ensure_example_model(s3, stack, example, console)
+    store.save_stack(stack.name, stack.kept_parameters())
     return stack
+
+
+def _upload_code(
+    settings: LocalCloudSettings, s3: Any, given: Mapping[str, str], console: Console
+) -> None:
+    if CODE_BUCKET_PARAMETER in given and CODE_KEY_PARAMETER in given:
+        code = lambda_zip(settings.lambda_source)
+        upload_lambda_code(s3, given[CODE_BUCKET_PARAMETER], given[CODE_KEY_PARAMETER], code)
+        console.line("localcloud", f"uploaded {settings.lambda_source.name}/ ({len(code)} bytes)")
+
+
+def _bundle_uri(settings: LocalCloudSettings, s3: Any, bucket: str) -> str:
+    try:
+        return f"s3://{bucket}/{bundle_prefix(s3, settings.model)}"
+    except BundleError as exc:
+        raise DeployError(str(exc)) from exc

@@ -87,6 +87,13 @@ class _ServiceState:
     quick_failures: int = 0
     next_start: float = 0.0
     warned: str = ""
+    restart_after: datetime | None = None
+
+
+def _newer(task: Task, state: _ServiceState) -> bool:
+    """Started after the last restart asked for (a task not yet started counts as new)."""
+    started = getattr(task, "started_at", None)
+    return state.restart_after is None or started is None or started >= state.restart_after
 
 
 def _stop_task_and_wait_for_agent(
@@ -399,21 +406,41 @@ class EcsAgent:
             current = backend.describe_task_definition(service.task_definition).arn
         except Exception:
             current = service.task_definition
-        fresh = [t for t in tasks if t.task_definition_arn == current]
-        stale = [t for t in tasks if t.task_definition_arn != current]
         state = self._service_state(service.cluster_name, group)
-        if len(fresh) < want and time.monotonic() >= state.next_start:
-            self._start_service_tasks(backend, service, current, want - len(fresh), state)
+        fresh = [t for t in tasks if t.task_definition_arn == current and _newer(t, state)]
+        stale = [t for t in tasks if t not in fresh]
+        if self._draining(backend, service.cluster_name, group):
+            pass  # one at a time: a stopped task still holds the host port
+        elif len(fresh) + len(stale) < want and time.monotonic() >= state.next_start:
+            self._start_service_tasks(backend, service, current, want - len(tasks), state)
+        elif stale:
+            backend.stop_task(
+                service.cluster_name, stale[0].task_arn, "Deployment replaced the task"
+            )
         for task in fresh[want:]:
             backend.stop_task(
                 service.cluster_name, task.task_arn, "Scaling activity initiated by service"
             )
-        if stale and len([t for t in fresh if t.last_status == "RUNNING"]) >= want:
-            for task in stale:
-                backend.stop_task(
-                    service.cluster_name, task.task_arn, "Deployment replaced the task"
-                )
         _report_counts(service, tasks)
+
+    def restart_services(self) -> list[str]:
+        """Replace every service's tasks one by one (new code); the services' names."""
+        names = []
+        for backend in _backends():
+            for service in list(backend.services.values()):
+                state = self._service_state(service.cluster_name, f"service:{service.name}")
+                state.restart_after = datetime.now(UTC)
+                names.append(service.name)
+        self.wake()
+        return names
+
+    def _draining(self, backend: EC2ContainerServiceBackend, cluster: str, group: str) -> bool:
+        """Whether a stopped task of the service still has a running process."""
+        tasks = backend.tasks.get(cluster, {}).copy().values()
+        return any(
+            t.group == group and t.desired_status == "STOPPED" and self.is_running(t.id)
+            for t in tasks
+        )
 
     def _start_service_tasks(
         self,

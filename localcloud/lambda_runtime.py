@@ -422,7 +422,8 @@ class LambdaRuntime:
     def _give_back(self, environment: _Environment) -> None:
         """Keep a healthy environment warm; a crashed or timed-out one is replaced."""
         with self._cond:
-            if environment.reusable and environment.alive() and not self._stopping:
+            usable = environment.reusable and not environment.retired
+            if usable and environment.alive() and not self._stopping:
                 environment.idle_since = time.monotonic()
                 self._idle.setdefault(environment.key, []).append(environment)
                 return
@@ -438,6 +439,20 @@ class LambdaRuntime:
             self._idle[environment.key].remove(environment)
             self._environments.discard(environment)
         return expired
+
+    def retire(self, function_name: str) -> int:
+        """End the function's warm environments (new code or configuration): idle ones now,
+        busy ones after their invocation; the number ended or marked."""
+        with self._cond:
+            idle = [e for p in self._idle.values() for e in p if e.function_name == function_name]
+            for environment in idle:
+                self._idle[environment.key].remove(environment)
+                self._environments.discard(environment)
+            busy = [e for e in self._environments if e.function_name == function_name]
+            for environment in busy:
+                environment.retired = True
+        _close_all(idle)
+        return len(idle) + len(busy)
 
     def environments(self, function_name: str) -> list[int]:
         """Process ids of the function's live environments, busy or idle (tests)."""
@@ -517,6 +532,7 @@ class _Environment:
         self.function_name = fn.function_name
         self.stream = stream
         self.reusable = True
+        self.retired = False
         self.idle_since = time.monotonic()
         self._name = f"lambda:{fn.function_name}"
         self._console = console

@@ -179,6 +179,11 @@ class Scheduler:
         for key in set(self._next) - live:
             del self._next[key]
 
+    def fire_all(self) -> None:
+        """Fire every schedule rule now (after a restart queued inputs again)."""
+        for rule in _schedule_rules():
+            self._fire(rule)
+
     def _following(self, rule: Rule, now: float) -> float:
         expression = rule.scheduled_expression
         seconds = rate_seconds(expression)

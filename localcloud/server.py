@@ -14,7 +14,7 @@ from moto.moto_server.werkzeug_app import (
 )
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from localcloud import s3_events, stack_calls
+from localcloud import s3_events, stack_calls, stack_updates
 from localcloud.console import Console
 from localcloud.settings import LocalCloudSettings
 
@@ -58,6 +58,7 @@ class MotoServer:
         self._attach_logging()
         s3_events.patch()
         stack_calls.patch()
+        stack_updates.patch(self.endpoint_url)
         self._thread = threading.Thread(target=self._server.serve_forever, name="moto", daemon=True)
         self._thread.start()
         self._console.line("moto", f"AWS API on {self.endpoint_url}")
@@ -87,6 +88,7 @@ class MotoServer:
         self._detach_logging()
         s3_events.unpatch()
         stack_calls.unpatch()
+        stack_updates.unpatch()
         state_manager.unset_transition("ecs::task")
         self._server = self._thread = None
 

@@ -49,7 +49,19 @@ class LocalCloudSettings:
     restart_backoff_max: float = 30.0
     deploy_timeout: float = 120.0
     verbose: bool = False
+    # A bundle folder or s3:// prefix served from the start (``up --model``).
+    model: str | None = None
+    # --params given: its values win over the parameters kept from the last run.
+    params_explicit: bool = False
+    # Seconds between saves of the kept state (objects, stack parameters); also saved at stop.
+    state_save_seconds: float = 30.0
+    watch: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def kept_state_dir(self) -> Path:
+        """Where the objects and stack parameters kept across restarts live."""
+        return self.state_dir / "cloud"
 
     @property
     def endpoint_url(self) -> str:

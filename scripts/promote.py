@@ -8,8 +8,10 @@ tagged with the git commit; upload the Lambda package under its content hash; cr
 set and show it; execute it and follow the stack's events; smoke-test the endpoint (and,
 with --smoke-file, the batch transform); print the stack outputs.
 
---dry-run still pushes the image and uploads the package (both are content-addressed, so
-nothing that runs changes), shows the change set, then deletes it. --skip-image leaves Docker
+--dry-run changes nothing anywhere: it builds, pushes and uploads nothing, prints the image
+and package a real run would publish and, for a deployed stack, the change set against it
+(created with the template inline, then deleted). A loopback AWS endpoint (the local cloud)
+gets a warning, and a real deployment there needs --yes. --skip-image leaves Docker
 alone and takes ImageUri from --image-uri, the parameter file or the deployed stack: for
 machines without Docker, and for a dry run against the local cloud (AWS_ENDPOINT_URL).
 """
@@ -19,7 +21,7 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
-import io
+import ipaddress
 import json
 import shlex
 import subprocess
@@ -27,21 +29,24 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import boto3
-import yaml
 from botocore.exceptions import BotoCoreError, ClientError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
-from service.batch_contract import LAMBDA_MODULES, report_key  # noqa: E402
+from infra.package import lambda_zip  # noqa: E402 - the repository root is on the path now
+from infra.template import TemplateError  # noqa: E402
+from infra.template import load_template as project_load_template  # noqa: E402
+from localcloud.waiting import wait_until  # noqa: E402
+from service.batch_contract import report_key  # noqa: E402
 
 DEFAULT_TEMPLATE = REPO_ROOT / "infra" / "stack.yaml"
 DEFAULT_REPOSITORY = "model-endpoint"
@@ -62,11 +67,10 @@ DEFAULT_OUTPUT_PREFIX = "predictions"
 
 CAPABILITIES = ("CAPABILITY_IAM", "CAPABILITY_NAMED_IAM")
 TEMPLATE_BODY_LIMIT = 51_200
-ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 NO_CHANGES = ("didn't contain changes", "No updates are to be performed")
 SUCCEEDED = frozenset({"CREATE_COMPLETE", "UPDATE_COMPLETE"})
 FAILED_AFTER_CREATE = frozenset({"ROLLBACK_COMPLETE", "ROLLBACK_FAILED", "DELETE_FAILED"})
-EXCLUDED_FROM_ZIP = ("__pycache__", ".pytest_cache")
+LOOPBACK_HOSTS = ("localhost", "::1")
 
 
 class PromoteError(Exception):
@@ -84,41 +88,13 @@ class DeployFailed(PromoteError):
 # ---------------------------------------------------------------- pure functions
 
 
-class _TemplateLoader(yaml.SafeLoader):
-    """PyYAML's safe loader that also reads CloudFormation's short tags (!Ref, !Sub, ...)."""
-
-
-def _short_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
-    value: Any
-    if isinstance(node, yaml.ScalarNode):
-        value = loader.construct_scalar(node)
-    elif isinstance(node, yaml.SequenceNode):
-        value = loader.construct_sequence(node, deep=True)
-    else:
-        value = loader.construct_mapping(node, deep=True)
-    return {"Ref" if suffix == "Ref" else f"Fn::{suffix}": value}
-
-
-_TemplateLoader.add_multi_constructor("!", _short_tag)
-
-
 def load_template(path: Path) -> dict[str, Any]:
-    """Parse a CloudFormation template with infra/template.py (the reader the tests and the
-    local cloud use), or with a short-tag-tolerant PyYAML loader where that is missing."""
+    """Parse a CloudFormation template with infra/template.py, the reader the tests and the
+    local cloud use."""
     try:
-        from infra.template import TemplateError
-        from infra.template import load_template as project_loader
-    except ImportError:
-        project_loader, TemplateError = None, yaml.YAMLError  # noqa: N806
-    try:
-        if project_loader is not None:
-            return project_loader(path)
-        document = yaml.load(path.read_text(), Loader=_TemplateLoader)  # noqa: S506 - SafeLoader  # nosec B506
-    except (TemplateError, yaml.YAMLError) as error:
+        return project_load_template(path)
+    except (OSError, TemplateError) as error:
         raise PromoteError(f"cannot read the template {path}: {error}") from error
-    if not isinstance(document, dict):
-        raise PromoteError(f"the template {path} is not a YAML or JSON mapping")
-    return document
 
 
 def template_parameters(template: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -191,34 +167,6 @@ def check_parameters(
 def image_tag(commit: str, dirty: bool, now: datetime) -> str:
     """The image's tag: the commit, plus a timestamp when the tree had local changes."""
     return f"{commit}-dirty-{now:%Y%m%d%H%M%S}" if dirty else commit
-
-
-def _zip_members(source: Path) -> list[Path]:
-    return sorted(
-        path
-        for path in source.rglob("*")
-        if path.is_file()
-        and path.suffix != ".pyc"
-        and not set(path.relative_to(source).parts) & set(EXCLUDED_FROM_ZIP)
-    )
-
-
-def lambda_zip(source: Path) -> bytes:
-    """The Lambda package: source's files at the archive's root plus the service modules the
-    handler imports (LAMBDA_MODULES), byte-for-byte reproducible
-    (sorted names, fixed dates and modes), so the same code always has the same hash."""
-    buffer = io.BytesIO()
-    members = [(path.relative_to(source).as_posix(), path) for path in _zip_members(source)]
-    members += [(name, REPO_ROOT / name) for name in LAMBDA_MODULES]
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, path in sorted(members):
-            info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.create_system = 3
-            executable = path.stat().st_mode & 0o111
-            info.external_attr = (0o100755 if executable else 0o100644) << 16
-            archive.writestr(info, path.read_bytes())
-    return buffer.getvalue()
 
 
 def content_key(prefix: str, data: bytes, suffix: str) -> str:
@@ -335,6 +283,12 @@ class Pacing:
     sleep: Callable[[float], None] = time.sleep
     monotonic: Callable[[], float] = time.monotonic
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+
+    def wait(self, condition: Callable[[], Any], timeout: float, what: str) -> Any:
+        """``localcloud.waiting.wait_until`` at this pacing."""
+        return wait_until(
+            condition, timeout, what, self.poll_seconds, clock=self.monotonic, sleep=self.sleep
+        )
 
 
 @dataclass
@@ -561,21 +515,23 @@ class Deployer:
 
     def wait_change_set(self, name: str) -> list[dict[str, Any]] | None:
         """The change set's changes once computed; None when there is nothing to change."""
-        deadline = self.pacing.monotonic() + 600
-        while True:
+
+        def computed() -> dict[str, Any] | None:
             described = self.cloudformation.describe_change_set(
                 StackName=self.stack, ChangeSetName=name
             )
-            if described["Status"] == "CREATE_COMPLETE":
-                return self._all_changes(name, described)
-            if described["Status"] == "FAILED":
-                reason = described.get("StatusReason", "")
-                if any(text in reason for text in NO_CHANGES):
-                    return None
-                raise PromoteError(f"change set {name} failed: {reason}")
-            if self.pacing.monotonic() > deadline:
-                raise PromoteError(f"change set {name} still {described['Status']} after 600 s")
-            self.pacing.sleep(self.pacing.poll_seconds)
+            return described if described["Status"] in ("CREATE_COMPLETE", "FAILED") else None
+
+        try:
+            described = self.pacing.wait(computed, 600, f"change set {name}")
+        except TimeoutError as error:
+            raise PromoteError(f"change set {name}: {error}") from error
+        if described["Status"] == "CREATE_COMPLETE":
+            return self._all_changes(name, described)
+        reason = described.get("StatusReason", "")
+        if any(text in reason for text in NO_CHANGES):
+            return None
+        raise PromoteError(f"change set {name} failed: {reason}")
 
     def _all_changes(self, name: str, described: Mapping[str, Any]) -> list[dict[str, Any]]:
         changes = list(described.get("Changes", []))
@@ -612,22 +568,23 @@ class Deployer:
         seen: set[str] = set()
         self.recent_events(seen)
         self.cloudformation.execute_change_set(StackName=self.stack, ChangeSetName=name)
-        deadline = self.pacing.monotonic() + self.timeout
         events: list[dict[str, Any]] = []
-        while True:
+
+        def finished() -> str | None:
             fresh = self.recent_events(seen)
-            events += fresh
+            events.extend(fresh)
             for event in fresh:
                 print(format_event(event), flush=True)
             status = self.status() or "DELETE_COMPLETE"
-            if is_terminal(status):
-                break
-            if self.pacing.monotonic() > deadline:
-                raise DeployFailed(
-                    f"stack {self.stack} still {status} after {self.timeout:.0f} s; "
-                    "CloudFormation goes on: follow it in the console"
-                )
-            self.pacing.sleep(self.pacing.poll_seconds)
+            return status if is_terminal(status) else None
+
+        try:
+            status = self.pacing.wait(finished, self.timeout, f"stack {self.stack}")
+        except TimeoutError as error:
+            raise DeployFailed(
+                f"stack {self.stack} not finished after {self.timeout:.0f} s; "
+                "CloudFormation goes on: follow it in the console"
+            ) from error
         if status not in SUCCEEDED:
             self._explain_failure(status, events)
         return status
@@ -671,20 +628,23 @@ class Deployer:
 def ping(url: str, timeout: float, pacing: Pacing) -> None:
     """GET url/ping until it answers 200 (a new task may need a minute), or fail."""
     target = url.rstrip("/") + "/ping"
-    deadline = pacing.monotonic() + timeout
-    last = ""
-    while True:
+    last = [""]
+
+    def answered() -> bool:
         try:
             with urllib.request.urlopen(target, timeout=10) as answer:  # noqa: S310 - stack output  # nosec B310
                 print(f"smoke test: GET {target} -> {answer.status}")
-                return
+                return True
         except (urllib.error.URLError, OSError) as error:
-            last = str(error)
-        if pacing.monotonic() > deadline:
-            raise DeployFailed(
-                f"smoke test: GET {target} did not answer 200 within {timeout:.0f} s ({last})"
-            )
-        pacing.sleep(pacing.poll_seconds)
+            last[0] = str(error)
+        return False
+
+    try:
+        pacing.wait(answered, timeout, f"GET {target}")
+    except TimeoutError as error:
+        raise DeployFailed(
+            f"smoke test: GET {target} did not answer 200 within {timeout:.0f} s ({last[0]})"
+        ) from error
 
 
 def smoke_file(
@@ -701,19 +661,20 @@ def smoke_file(
     s3.put_object(Bucket=input_bucket, Key=key, Body=path.read_bytes())
     print(f"smoke test: uploaded s3://{input_bucket}/{key}; waiting for its report")
     where = report_key(output_prefix, key)
-    deadline = pacing.monotonic() + timeout
-    while True:
+
+    def written() -> dict[str, Any] | None:
         try:
-            report = json.loads(s3.get_object(Bucket=output_bucket, Key=where)["Body"].read())
-            break
+            return json.loads(s3.get_object(Bucket=output_bucket, Key=where)["Body"].read())
         except s3.exceptions.NoSuchKey:
-            pass
-        if pacing.monotonic() > deadline:
-            raise DeployFailed(
-                f"smoke test: no report at s3://{output_bucket}/{where} within {timeout:.0f} s; "
-                "see `python scripts/jobs.py` and the worker's logs"
-            )
-        pacing.sleep(pacing.poll_seconds)
+            return None
+
+    try:
+        report = pacing.wait(written, timeout, f"the report {where}")
+    except TimeoutError as error:
+        raise DeployFailed(
+            f"smoke test: no report at s3://{output_bucket}/{where} within {timeout:.0f} s; "
+            "see `python scripts/jobs.py` and the worker's logs"
+        ) from error
     if report.get("status") != "succeeded":
         raise DeployFailed(
             f"smoke test: the batch transform failed: {report.get('message') or report}"
@@ -737,7 +698,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--params", required=True, type=Path, help="parameter file (JSON)")
     parser.add_argument(
-        "--dry-run", action="store_true", help="show the change set, then delete it"
+        "--dry-run",
+        action="store_true",
+        help="build, push and upload nothing: show what a run would do and the change set",
+    )
+    parser.add_argument(
+        "--yes", action="store_true", help="deploy even when the AWS endpoint is this machine"
     )
     parser.add_argument(
         "--allow-dirty", action="store_true", help="push an image of uncommitted changes"
@@ -836,15 +802,94 @@ def smoke_test(args: argparse.Namespace, aws: Aws, deployer: Deployer) -> dict[s
     return outputs
 
 
+def loopback_endpoint(aws: Aws) -> str | None:
+    """The AWS endpoint when it is this machine (the local cloud), else None."""
+    url = aws.cloudformation.meta.endpoint_url
+    host = urlsplit(url).hostname or ""
+    if host in LOOPBACK_HOSTS:
+        return url
+    try:
+        return url if ipaddress.ip_address(host).is_loopback else None
+    except ValueError:
+        return None
+
+
+def check_target(args: argparse.Namespace, aws: Aws) -> None:
+    """Warn when "AWS" is this machine; a real deployment there needs --yes."""
+    local = loopback_endpoint(aws)
+    if local is None:
+        return
+    print(f"warning: the AWS endpoint is {local}, this machine (the local cloud?), not AWS")
+    if not args.dry_run and not args.yes:
+        raise PromoteError(
+            f"refusing to deploy to {local} without --yes (unset AWS_ENDPOINT_URL to reach AWS)"
+        )
+
+
+def planned_image(args: argparse.Namespace, aws: Aws, runner: Runner, pacing: Pacing) -> str:
+    """The image a real run would push, built and pushed by nobody (dry run)."""
+    if args.skip_image:
+        return args.image_uri or ""
+    commit, dirty = git_commit(runner, allow_dirty=True)
+    account = whoami(aws)["Account"]
+    tag = image_tag(commit, dirty, pacing.now())
+    return f"{account}.dkr.ecr.{aws.region}.amazonaws.com/{args.repository}:{tag}"
+
+
+def dry_run(
+    args: argparse.Namespace, aws: Aws, runner: Runner, deployer: Deployer, inputs: tuple
+) -> None:
+    """Show what a real run would do and the change set against the current stack; build,
+    push and upload nothing."""
+    text, _, given = inputs
+    kind = deployer.change_set_type()
+    image = planned_image(args, aws, runner, deployer.pacing) or given.get(IMAGE_PARAMETER)
+    code = lambda_zip(args.lambda_source)
+    code_key = content_key("lambda", code, ".zip")
+    bucket = given[CODE_BUCKET_PARAMETER]
+    print(
+        f"would push image {image or '(the deployed one)'}"
+        + ("" if not args.skip_image else " (--skip-image: not built)")
+    )
+    print(f"would upload the lambda package to s3://{bucket}/{code_key} ({len(code)} bytes)")
+    if kind == "CREATE":
+        print(f"stack {deployer.stack} does not exist: a real run creates it with")
+        parameters = {**given, CODE_KEY_PARAMETER: code_key, IMAGE_PARAMETER: image or ""}
+        print(format_table(("Parameter", "Value"), sorted(parameters.items())))
+        print("dry run: nothing deployed, nothing uploaded")
+        return
+    if len(text.encode()) > TEMPLATE_BODY_LIMIT:
+        print(
+            "the template is over the TemplateBody limit: a real run uploads it; no change set shown"
+        )
+        return
+    name = f"promote-dry-run-{deployer.pacing.now():%Y%m%d%H%M%S}"
+    deployer.create_change_set(
+        name, kind, {"TemplateBody": text}, stack_parameters(given, image, code_key), "dry run"
+    )
+    print(f"{kind} change set {name} for stack {deployer.stack}")
+    try:
+        changes = deployer.wait_change_set(name)
+        print(format_changes(changes) if changes else "no changes")
+    finally:
+        deployer.discard(name, kind)
+    print("dry run: change set deleted, nothing deployed, nothing uploaded")
+
+
 def promote(args: argparse.Namespace, runner: Runner, pacing: Pacing) -> None:
     """The whole promotion; raises PromoteError / DeployFailed."""
-    text, _, given = read_inputs(args)
+    inputs = read_inputs(args)
+    text, _, given = inputs
     if args.smoke_file and not args.smoke_file.is_file():
         raise PromoteError(f"smoke file {args.smoke_file} not found")
     aws = connect(args.region)
+    check_target(args, aws)
     identity = whoami(aws)
     print(f"AWS account {identity['Account']} as {identity['Arn']}, region {aws.region}")
     deployer = Deployer(aws.cloudformation, stack_name(args, given), pacing, args.timeout)
+    if args.dry_run:
+        dry_run(args, aws, runner, deployer, inputs)
+        return
     kind = deployer.change_set_type()
     image = choose_image(args, aws, runner, given, pacing)
     if image is None and kind == "CREATE":
@@ -865,13 +910,9 @@ def promote(args: argparse.Namespace, runner: Runner, pacing: Pacing) -> None:
     print(f"{kind} change set {name} for stack {deployer.stack}")
     changes = deployer.wait_change_set(name)
     print(format_changes(changes) if changes else "no changes")
-    if args.dry_run or changes is None:
+    if changes is None:
         deployer.discard(name, kind)
-        print(
-            "dry run: change set deleted, nothing deployed" if args.dry_run else "nothing to deploy"
-        )
-        if args.dry_run:
-            return
+        print("nothing to deploy")
     else:
         status = deployer.execute(name)
         print(f"stack {deployer.stack}: {status}")

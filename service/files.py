@@ -4,10 +4,12 @@ The batch worker reads files of any size with the same parsers the endpoint uses
 (`service.codecs`).
 """
 
+import contextlib
 import csv
 import gzip
+import io
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import IO, Any
 
 import orjson
@@ -21,6 +23,7 @@ from service.batch_contract import OUTPUT_SUFFIXES, FileFormat, file_format
 from service.codecs import (
     ARROW_ERRORS,
     GZIP_MAGIC,
+    PARQUET_MAGIC,
     _arrow_reason,
     _csv_frame,
     _frame,
@@ -32,30 +35,62 @@ from service.codecs import (
 )
 from service.errors import MalformedBody
 
-__all__ = ["BatchWriter", "FileFormat", "file_format", "iter_batches"]
+__all__ = ["BatchWriter", "FileFormat", "file_format", "iter_batches", "known_rows"]
+
+
+Source = str | IO[bytes]  # a local path, or a seekable binary file such as an S3 input
 
 
 def iter_batches(
-    path: str, fmt: FileFormat, batch_rows: int, numeric_columns: tuple[str, ...] = ()
+    source: Source, fmt: FileFormat, batch_rows: int, numeric_columns: tuple[str, ...] = ()
 ) -> Iterator[pd.DataFrame]:
     """Yield the file's rows as DataFrames of bounded size.
 
     `numeric_columns` (the model's features) are read as float64 so that a type
-    guessed from the first block cannot clash with a later one.
+    guessed from the first block cannot clash with a later one. A file object is read
+    from its start; one with a `prefetch(start, end)` method is asked for each parquet row
+    group's bytes one row group ahead, so fetching the next overlaps decoding this one.
     """
     readers = {"parquet": _parquet_batches, "csv": _csv_batches, "jsonl": _jsonl_batches}
-    _check_content(path, fmt)
-    yield from readers[fmt.name](path, fmt, batch_rows, numeric_columns)
+    _check_content(source, fmt)
+    yield from readers[fmt.name](source, fmt, batch_rows, numeric_columns)
 
 
-def _check_content(path: str, fmt: FileFormat) -> None:
-    """A file whose bytes are not what its name says: say so, and how to name it."""
-    with open(path, "rb") as handle:
-        head = handle.read(4)
+def known_rows(source: Source, fmt: FileFormat) -> int | None:
+    """The rows a parquet file's footer declares (a remote reader has its footer already),
+    so an output written in parts can record them before its first part; None for text
+    formats, or a footer that does not read (iter_batches then says what is wrong)."""
+    if fmt.name != "parquet":
+        return None
+    try:
+        with _native(source) as native:
+            return int(pq.ParquetFile(native).metadata.num_rows)
+    except ARROW_ERRORS:
+        return None
+
+
+@contextlib.contextmanager
+def _binary(source: Source) -> Iterator[IO[bytes]]:
+    """The source as a binary file at its start; a given file object stays open."""
+    if isinstance(source, str):
+        with open(source, "rb") as handle:
+            yield handle
+    else:
+        source.seek(0)
+        yield source
+
+
+def _check_content(source: Source, fmt: FileFormat) -> None:
+    """A file whose bytes are not what its name says: say so, and how to name it. A parquet
+    file's footer is read first (a remote reader has it already); the head only if need be."""
+    with _binary(source) as handle:
+        if fmt.name == "parquet" and not fmt.gzip and _tail(handle) == PARQUET_MAGIC:
+            return
+        handle.seek(0)
+        head = bytes(handle.read(4))
         if not head:
             return
-        handle.seek(-min(4, len(head)), os.SEEK_END)
-        tail = handle.read(4)
+        tail = _tail(handle) if head.startswith(PARQUET_MAGIC) else head
     gzipped = head.startswith(GZIP_MAGIC)
     if fmt.gzip and not gzipped:
         raise MalformedBody(
@@ -68,30 +103,76 @@ def _check_content(path: str, fmt: FileFormat) -> None:
         raise MalformedBody(f"the file is a parquet file, not {fmt.name}: name it *.parquet")
 
 
+def _tail(handle: IO[bytes]) -> bytes:
+    size = handle.seek(0, os.SEEK_END)
+    handle.seek(max(0, size - 4))
+    return bytes(handle.read(4))
+
+
 def _parquet_batches(
-    path: str, fmt: FileFormat, batch_rows: int, numeric_columns: tuple[str, ...]
+    source: Source, fmt: FileFormat, batch_rows: int, numeric_columns: tuple[str, ...]
 ) -> Iterator[pd.DataFrame]:
     try:
         # pre_buffer=False: pre-buffering keeps every row group read so far in memory.
-        batches = pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=batch_rows)
-        for batch in batches:
-            yield _frame(batch)
+        with _native(source) as native:
+            parquet = pq.ParquetFile(native, pre_buffer=False)
+            groups = [
+                _group_span(parquet.metadata.row_group(i)) for i in range(parquet.num_row_groups)
+            ]
+            prefetch = getattr(source, "prefetch", None)
+            for index in range(len(groups)):
+                for span in groups[index : index + 2] if prefetch else ():
+                    prefetch(*span)
+                for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=[index]):
+                    yield _frame(batch)
     except ARROW_ERRORS as exc:
         raise MalformedBody(
             f"the file is not a readable parquet file ({_arrow_reason(exc)})"
         ) from None
 
 
+def _group_span(group: pq.RowGroupMetaData) -> tuple[int, int]:
+    """The bytes [start, end) of a row group's column chunks."""
+    starts, ends = [], []
+    for index in range(group.num_columns):
+        column = group.column(index)
+        start = column.data_page_offset
+        if column.has_dictionary_page and column.dictionary_page_offset:
+            start = min(start, column.dictionary_page_offset)
+        starts.append(start)
+        ends.append(start + column.total_compressed_size)
+    return (min(starts), max(ends)) if starts else (0, 0)
+
+
+@contextlib.contextmanager
+def _native(source: Source) -> Iterator[Any]:
+    if isinstance(source, str):
+        yield source
+    else:
+        with pa.PythonFile(_Borrowed(source), mode="r") as native:
+            yield native
+
+
 def _block_size(batch_rows: int) -> int:
     return max(1 << 20, min(64 << 20, batch_rows * 256))
 
 
-def _open(path: str, fmt: FileFormat) -> pa.NativeFile:
-    return pa.input_stream(path, compression="gzip" if fmt.gzip else None)
+@contextlib.contextmanager
+def _open(source: Source, fmt: FileFormat) -> Iterator[pa.NativeFile]:
+    """The source as an Arrow input stream from its start, gunzipped if named .gz."""
+    compression = "gzip" if fmt.gzip else None
+    if isinstance(source, str):
+        with pa.input_stream(source, compression=compression) as stream:
+            yield stream
+        return
+    source.seek(0)
+    raw = pa.PythonFile(_Borrowed(source), mode="r")
+    with pa.CompressedInputStream(raw, compression) if compression else raw as stream:
+        yield stream
 
 
 def _csv_batches(
-    path: str, fmt: FileFormat, batch_rows: int, numeric_columns: tuple[str, ...]
+    path: Source, fmt: FileFormat, batch_rows: int, numeric_columns: tuple[str, ...]
 ) -> Iterator[pd.DataFrame]:
     names = _csv_header(path, fmt)
     try:
@@ -109,7 +190,7 @@ def _csv_batches(
         raise csv_error(exc, names, _block_size(batch_rows)) from None
 
 
-def _csv_header(path: str, fmt: FileFormat) -> list[str]:
+def _csv_header(path: Source, fmt: FileFormat) -> list[str]:
     """The header's names, so Arrow's "column #22" errors can name the column."""
     try:
         with _open(path, fmt) as stream:
@@ -120,7 +201,7 @@ def _csv_header(path: str, fmt: FileFormat) -> list[str]:
 
 
 def _jsonl_batches(
-    path: str, fmt: FileFormat, batch_rows: int, numeric_columns: tuple[str, ...]
+    path: Source, fmt: FileFormat, batch_rows: int, numeric_columns: tuple[str, ...]
 ) -> Iterator[pd.DataFrame]:
     first_keys = _first_json_keys(path, fmt)
     schema = pa.schema([(c, pa.float64()) for c in numeric_columns if c in first_keys])
@@ -151,10 +232,9 @@ def _in_file_order(frame: pd.DataFrame, first_keys: list[str]) -> pd.DataFrame:
     return frame if list(frame.columns) == order else frame[order]
 
 
-def _first_json_keys(path: str, fmt: FileFormat) -> list[str]:
-    opener: Callable[..., IO[bytes]] = gzip.open if fmt.gzip else open  # type: ignore[assignment]
+def _first_json_keys(source: Source, fmt: FileFormat) -> list[str]:
     try:
-        with opener(path, "rb") as handle:
+        with _binary(source) as raw, _gunzipped(raw, fmt) as handle:
             for line in handle:
                 if line.strip():
                     row = orjson.loads(line)
@@ -164,10 +244,20 @@ def _first_json_keys(path: str, fmt: FileFormat) -> list[str]:
     return []
 
 
-class BatchWriter:
-    """Writes frames to a local file as parquet, csv or jsonl, one batch at a time."""
+@contextlib.contextmanager
+def _gunzipped(raw: IO[bytes], fmt: FileFormat) -> Iterator[IO[bytes]]:
+    if not fmt.gzip:
+        yield raw
+        return
+    with gzip.GzipFile(fileobj=raw, mode="rb") as handle:
+        yield handle
 
-    def __init__(self, path: str, output_format: str) -> None:
+
+class BatchWriter:
+    """Writes frames as parquet, csv or jsonl, one batch at a time, to a local path or a
+    writable binary file object (such as an upload in progress), which it leaves open."""
+
+    def __init__(self, path: str | IO[bytes], output_format: str) -> None:
         if output_format not in OUTPUT_SUFFIXES:
             raise ValueError(f"unknown output format {output_format!r}")
         self.path = path
@@ -198,7 +288,10 @@ class BatchWriter:
 
     def _file(self) -> IO[bytes]:
         if self._writer is None:
-            self._writer = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+            if isinstance(self.path, str):
+                self._writer = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+            else:
+                self._writer = _Unclosed(self.path)
         return self._writer
 
     def close(self) -> None:
@@ -207,3 +300,41 @@ class BatchWriter:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+class _Unclosed:
+    """A caller's file object, written to; closing leaves it to its owner."""
+
+    def __init__(self, target: IO[bytes]) -> None:
+        self.write = target.write
+
+    def close(self) -> None:
+        pass
+
+
+class _Borrowed(io.RawIOBase):
+    """A caller's readable file object lent to Arrow, which closes what it wraps."""
+
+    def __init__(self, source: IO[bytes]) -> None:
+        super().__init__()
+        self.source = source
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        return self.source.read(size)
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.source.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self.source.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.source.tell()

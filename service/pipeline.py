@@ -1,13 +1,11 @@
-"""One file's pipeline, for the worker's current model: already done? -> download ->
-transform -> conditional upload -> report. Every exception becomes an Outcome (and a report
+"""One file's pipeline, for the worker's current model: already done? -> stream the input
+through the model into an upload -> complete the upload conditionally -> report. Every exception becomes an Outcome (and a report
 when one is due); the worker only settles the queue message from it."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import tempfile
 import threading
 import time
 import traceback
@@ -19,7 +17,9 @@ from service import batch
 from service.artifacts import Bundle
 from service.batch import Action, JobMessage, Report
 from service.batch_contract import FileFormat, file_format, readable_suffixes, skipped_report
+from service.files import known_rows
 from service.lease import STOP_CHECK_SECONDS
+from service.s3_upload import S3Output
 from service.settings import WorkerSettings
 from service.transform import transform_file
 from service.worker_logs import log_event
@@ -80,29 +80,31 @@ class FilePipeline:
         if fmt is None:
             return self._skip_unsupported(job, started)
         phases: dict[str, float] = {}
-        with tempfile.TemporaryDirectory(prefix="batch-worker-") as folder:
-            rows = self._predict_file(job, bundle, fmt, folder, phases)
-            metadata = batch.output_metadata(job, bundle.name, bundle.version, rows)
-            with timed(phases, "upload"):
-                written = self._write_output(folder, out_key, metadata, existing)
+        output = self._open_output(job, bundle, out_key, existing)
+        try:
+            with timed(phases, "stream"):
+                rows = self._predict_file(job, bundle, fmt, output)
+            with timed(phases, "commit"):
+                written = self.files.commit(output, {batch.META_ROWS: str(rows)})
+        finally:
+            output.abort()
         if not written:
             return self._lost_race(job, bundle, out_key, started)
         report = self._succeeded(job, bundle, out_key, rows, started)
         self.files.put_report(report)
         return Outcome(batch.SUCCEEDED, Action.DELETE, report.seconds, out_key, rows, phases=phases)
 
-    def _predict_file(
-        self, job: JobMessage, bundle: Bundle, fmt: FileFormat, folder: str, phases: dict
-    ) -> int:
-        """Download the input into ``folder`` and write its predictions beside it; rows."""
-        source = os.path.join(folder, "input")
-        with timed(phases, "download"):
-            self.files.download(job, source)
-        with timed(phases, "predict"):
+    def _predict_file(self, job: JobMessage, bundle: Bundle, fmt: FileFormat, output: Any) -> int:
+        """Stream the input through the model into the output upload; rows. Reading the
+        input, predicting and uploading parts overlap."""
+        with self.files.open_input(job, sequential=fmt.name != "parquet") as source:
+            declared = known_rows(source, fmt)
+            if declared:
+                output.declare({batch.META_ROWS: str(declared)})
             rows = transform_file(
                 source,
                 fmt,
-                os.path.join(folder, "output"),
+                output,
                 bundle,
                 self.settings.output_format,
                 self.settings.batch_rows,
@@ -113,12 +115,17 @@ class FilePipeline:
             raise batch.Aborted("stopped before the upload")
         return rows
 
-    def _write_output(
-        self, folder: str, out_key: str, metadata: dict[str, str], existing: dict | None
-    ) -> bool:
+    def _open_output(
+        self, job: JobMessage, bundle: Bundle, out_key: str, existing: dict | None
+    ) -> S3Output:
+        """The output's upload, with its metadata but the row count: a parquet input's footer
+        declares it before the first part; a text input's count is known at the end, and
+        joins the metadata where the output is one PutObject."""
+        metadata = batch.output_metadata(job, bundle.name, bundle.version, 0)
+        del metadata[batch.META_ROWS]
         content_type = batch.OUTPUT_CONTENT_TYPES[self.settings.output_format]
         extra = {"Metadata": metadata, "ContentType": content_type}
-        return self.files.upload(os.path.join(folder, "output"), out_key, extra, existing)
+        return self.files.open_output(out_key, extra, existing)
 
     def _lost_race(self, job: JobMessage, bundle: Bundle, out_key: str, started: float) -> Outcome:
         """Another worker wrote first: fine if it wrote this input version's output."""

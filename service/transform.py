@@ -1,12 +1,14 @@
-"""The pure per-file transform: a local input file in, a local predictions file out.
+"""The pure per-file transform: an input file in, a predictions file out.
 
-No cloud here: the worker downloads the input and uploads the output around this.
+No cloud here: the worker hands in its S3 input and output as file objects (read as they
+stream in, uploaded as they are written); tests and the bench hand in local paths.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator
+from typing import IO
 
 import pandas as pd
 from threadpoolctl import ThreadpoolController
@@ -14,7 +16,7 @@ from threadpoolctl import ThreadpoolController
 from service.artifacts import Bundle
 from service.batch import Aborted
 from service.errors import InvalidData
-from service.files import BatchWriter, FileFormat, iter_batches
+from service.files import BatchWriter, FileFormat, Source, iter_batches
 from service.model import predict
 from service.threads import read_ahead
 
@@ -29,9 +31,9 @@ def _libraries() -> ThreadpoolController:
 
 
 def transform_file(
-    source: str,
+    source: Source,
     fmt: FileFormat,
-    target: str,
+    target: str | IO[bytes],
     bundle: Bundle,
     output_format: str,
     batch_rows: int,
@@ -39,7 +41,7 @@ def transform_file(
     join_input: bool = False,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> int:
-    """Predict every row of a local file into a local file, batch by batch; rows written.
+    """Predict every row of a file into a file, batch by batch; rows written.
 
     Three stages overlap: reading the next batches, predicting, writing the previous ones,
     with at most READ_AHEAD batches waiting between two stages. BLAS runs single-threaded:

@@ -6,8 +6,9 @@ The SQS side lives here (receive, settle each message); the S3 side is
 the message, the report) the pure ``service.batch``.
 
 Per message: parse -> skip if the output for this input ETag and model version exists ->
-download (If-Match the event's ETag) -> predict in row batches -> upload (multipart, so the
-output appears whole or not at all) -> report -> delete. A heartbeat thread keeps the message
+stream the input (every GET If-Match the event's ETag) through the model in row batches into
+a multipart upload -> complete it conditionally (the output appears whole or not at all) ->
+report -> delete. A heartbeat thread keeps the message
 invisible meanwhile and, on SIGTERM, hands it back to the queue at once.
 
 Exit codes: 0 after IDLE_SECONDS without a message or on SIGTERM (an idle worker notices it

@@ -1,42 +1,23 @@
 """The worker's S3 side: read an input if it is still the announced version, write an output
-only if no other worker's write came first, and read and write reports."""
+only if no other worker's write came first, and read and write reports. Inputs are read as
+they stream in and outputs uploaded as they are written (`service.s3_stream`,
+`service.s3_upload`)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import threading
 from typing import Any
 
-from botocore.exceptions import (
-    ClientError,
-    ConnectionClosedError,
-    IncompleteReadError,
-    ReadTimeoutError,
-    ResponseStreamingError,
-)
-from s3transfer.manager import TransferConfig
+from botocore.exceptions import ClientError
 
 from service import batch
 from service.batch import JobMessage, Report
+from service.s3_stream import S3Input
+from service.s3_upload import S3Output
 from service.worker_logs import log_event
 
-MB = 1024 * 1024
-TRANSFER_CONFIG = TransferConfig(
-    multipart_threshold=16 * MB,
-    multipart_chunksize=16 * MB,
-    max_request_concurrency=8,
-    io_chunksize=MB,
-)
-STREAM_ATTEMPTS = 5
-STREAM_ERRORS = (
-    ResponseStreamingError,
-    ReadTimeoutError,
-    ConnectionClosedError,
-    IncompleteReadError,
-)
 MISSING_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 
 
@@ -87,114 +68,32 @@ class WorkerS3:
             ContentType="application/json",
         )
 
-    def download(self, job: JobMessage, path: str) -> None:
-        """Stream the object to local disk, in bounded memory, if it still is what the event
-        announced.
-
-        One GET of the current object with If-Match on the event's ETag: an object replaced
-        since the event fails the condition instead of being read, so a late or repeated
-        event of an older version never overwrites the newer version's output. A connection
-        that breaks mid-stream resumes with a Range request under the same condition.
-        """
+    def open_input(self, job: JobMessage, sequential: bool) -> S3Input:
+        """The input, if it still is what the event announced, as a file read as it
+        streams in: every GET carries If-Match on the event's ETag, so an object replaced
+        since the event fails the condition instead of being read, and a late or repeated
+        event of an older version never overwrites the newer version's output."""
         assert job.etag is not None
-        request = {"Bucket": job.bucket, "Key": job.key, "IfMatch": batch.quoted_etag(job.etag)}
-        written, size, failures = 0, None, 0
-        with open(path, "wb") as out:
-            while size is None or written < size:
-                response = self._get(request, written)
-                if size is None:
-                    size = response["ContentLength"]
-                elif "ContentRange" not in response:
-                    out.seek(0)
-                    out.truncate()
-                    written = 0
-                written, problem = self._append(response["Body"], out, written, size)
-                if problem is not None:
-                    failures += 1
-                    if failures >= STREAM_ATTEMPTS:
-                        raise IncompleteReadError(actual_bytes=written, expected_bytes=size)
-                    log_event(logging.WARNING, "download_resumed", key=job.key, error=problem)
+        return S3Input(self.s3, job.bucket, job.key, job.etag, self.stopping, sequential=sequential)
 
-    def _get(self, request: dict[str, str], offset: int) -> dict[str, Any]:
-        resume = {"Range": f"bytes={offset}-"} if offset else {}
-        try:
-            return self.s3.get_object(**request, **resume)
-        except ClientError as exc:
-            raise batch.input_error(exc) from exc
-
-    def _append(self, body: Any, out: Any, written: int, size: int) -> tuple[int, str | None]:
-        """Copy a response body; the bytes now on disk, and why the stream ended early."""
-        try:
-            with contextlib.closing(body):
-                for chunk in body.iter_chunks(MB):
-                    out.write(chunk)
-                    written += len(chunk)
-                    if self.stopping.is_set():
-                        raise batch.Aborted("stopped during the download")
-        except STREAM_ERRORS as exc:
-            return out.tell(), str(exc)
-        return written, None if written >= size else f"stream ended at byte {written}"
-
-    def upload(
-        self,
-        path: str,
-        key: str,
-        extra: dict[str, Any],
-        replaces: dict[str, Any] | None,
-    ) -> bool:
-        """Write the output only if it is still what the already-done check saw (none, or
-        the object with that ETag): of two workers with copies of one event, one writes.
-        False when another worker's write came first."""
+    def open_output(
+        self, key: str, extra: dict[str, Any], replaces: dict[str, Any] | None
+    ) -> S3Output:
+        """An output uploaded as it is written, to be written only if it is still what the
+        already-done check saw (none, or the object with that ETag)."""
         condition = {"IfMatch": replaces["ETag"]} if replaces else {"IfNoneMatch": "*"}
+        return S3Output(self.s3, self.output_bucket, key, extra, condition, self.stopping)
+
+    def commit(self, output: S3Output, metadata: dict[str, str]) -> bool:
+        """Make the output visible: of two workers with copies of one event, one writes.
+        False when another worker's write came first."""
         try:
-            if os.path.getsize(path) < TRANSFER_CONFIG.multipart_threshold:
-                with open(path, "rb") as body:
-                    self.s3.put_object(
-                        Bucket=self.output_bucket, Key=key, Body=body, **extra, **condition
-                    )
-            else:
-                self._upload_parts(path, key, extra, condition)
+            output.commit(metadata)
         except ClientError as exc:
             if batch.error_code(exc) not in batch.CHANGED_ERROR_CODES:
                 raise
-            log_event(logging.INFO, "output_taken", output_key=key, error=batch.error_code(exc))
+            log_event(
+                logging.INFO, "output_taken", output_key=output.key, error=batch.error_code(exc)
+            )
             return False
         return True
-
-    def _upload_parts(
-        self, path: str, key: str, extra: dict[str, Any], condition: dict[str, str]
-    ) -> None:
-        """A multipart upload whose completion carries the write condition (s3transfer does
-        not pass conditions on)."""
-        bucket = self.output_bucket
-        upload_id = self.s3.create_multipart_upload(Bucket=bucket, Key=key, **extra)["UploadId"]
-        try:
-            parts = self._parts(path, key, upload_id)
-            self.s3.complete_multipart_upload(
-                Bucket=bucket,
-                Key=key,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": parts},
-                **condition,
-            )
-        except BaseException:
-            with contextlib.suppress(Exception):
-                self.s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
-            raise
-
-    def _parts(self, path: str, key: str, upload_id: str) -> list[dict[str, Any]]:
-        parts: list[dict[str, Any]] = []
-        with open(path, "rb") as body:
-            while chunk := body.read(TRANSFER_CONFIG.multipart_chunksize):
-                if self.stopping.is_set():
-                    raise batch.Aborted("stopped before the upload")
-                number = len(parts) + 1
-                part = self.s3.upload_part(
-                    Bucket=self.output_bucket,
-                    Key=key,
-                    UploadId=upload_id,
-                    PartNumber=number,
-                    Body=chunk,
-                )
-                parts.append({"PartNumber": number, "ETag": part["ETag"]})
-        return parts

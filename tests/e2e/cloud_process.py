@@ -154,8 +154,10 @@ class LocalCloudProcess:
         parameters: dict[str, str] | None = None,
         schedule_scale: float = SCHEDULE_SCALE,
         extra_args: Sequence[str] = (),
+        repo_root: Path = REPO_ROOT,
     ) -> None:
         self.work_dir = work_dir
+        self.repo_root = repo_root
         self.extra_args = list(extra_args)
         self.params_file = write_params(work_dir / "params.json", parameters or {})
         self.port = free_port()
@@ -201,7 +203,7 @@ class LocalCloudProcess:
         env.update(NO_COLOR="1", PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(
             command,
-            cwd=REPO_ROOT,
+            cwd=self.repo_root,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -327,6 +329,10 @@ class LocalCloudProcess:
                 self._tail.append(line)
                 if line.rstrip().endswith((READY_LINE, STOPPED_LINE)):
                     self._lines_seen.append(line)
+
+    def log_text(self) -> str:
+        """Everything the cloud printed so far."""
+        return self.log_path.read_text(encoding="utf-8") if self.log_path.exists() else ""
 
     def has_line(self, text: str) -> bool:
         return any(line.rstrip().endswith(text) for line in self._lines_seen)

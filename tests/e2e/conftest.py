@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,8 +18,10 @@ from tests.e2e.batch_helpers import load_served_bundle
 from tests.e2e.cloud_process import LocalCloudProcess
 
 
-def _start(work_dir: Path, parameters: dict[str, str] | None = None) -> LocalCloudProcess:
-    cloud = LocalCloudProcess(work_dir, parameters)
+def _start(
+    work_dir: Path, parameters: dict[str, str] | None = None, **options: Any
+) -> LocalCloudProcess:
+    cloud = LocalCloudProcess(work_dir, parameters, **options)
     try:
         cloud.start()
         cloud.wait_ready()
@@ -64,8 +67,15 @@ def start_local_cloud(
     """Start a cloud of the test's own; whatever the test leaves running is stopped."""
     clouds: list[LocalCloudProcess] = []
 
-    def start(parameters: dict[str, str] | None = None) -> LocalCloudProcess:
-        cloud = _start(tmp_path_factory.mktemp("localcloud"), parameters)
+    def start(
+        parameters: dict[str, str] | None = None,
+        work_dir: Path | None = None,
+        **options: Any,
+    ) -> LocalCloudProcess:
+        """``options``: LocalCloudProcess's ``extra_args`` and ``repo_root``; the same
+        ``work_dir`` as an earlier cloud starts again from its kept state."""
+        folder = work_dir or tmp_path_factory.mktemp("localcloud")
+        cloud = _start(folder, parameters, **options)
         clouds.append(cloud)
         return cloud
 

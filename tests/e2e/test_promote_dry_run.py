@@ -74,6 +74,11 @@ def local_cloud(tmp_path_factory):
             context=lambda: (state / "localcloud.log").read_text()[-3000:],
         )
         assert process.poll() is None, (state / "localcloud.log").read_text()[-3000:]
+        wait_for(
+            lambda: "ready (Ctrl-C stops everything)" in (state / "localcloud.log").read_text(),
+            READY_SECONDS,
+            "the local cloud's ready line",
+        )
         yield endpoint, cloudformation
     finally:
         process.send_signal(signal.SIGTERM)
@@ -88,25 +93,80 @@ def local_cloud(tmp_path_factory):
 def promote(endpoint: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "scripts/promote.py", "--params", "infra/params/local.json",
-         "--dry-run", "--skip-image", "--region", REGION, *args],
+         "--dry-run", "--region", REGION, *args],
         cwd=ROOT, env=aws_env(endpoint), capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
 
 
-def test_dry_run_of_a_new_stack_leaves_nothing_behind(local_cloud):
+def snapshot(endpoint: str) -> dict[str, object]:
+    """Everything a deployment could create or change, as listings."""
+    session = boto3.Session(
+        region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing"
+    )
+
+    def client(name: str):
+        return session.client(name, endpoint_url=endpoint)
+
+    s3, cloudformation = client("s3"), client("cloudformation")
+    objects = {
+        f"{bucket['Name']}/{item['Key']}": item["ETag"]
+        for bucket in s3.list_buckets()["Buckets"]
+        for item in s3.list_objects_v2(Bucket=bucket["Name"]).get("Contents", [])
+    }
+    stacks = sorted(
+        (s["StackName"], s["StackStatus"]) for s in cloudformation.list_stacks()["StackSummaries"]
+    )
+    ecr = client("ecr")
+    repositories = {
+        r["repositoryName"]: ecr.list_images(repositoryName=r["repositoryName"])["imageIds"]
+        for r in ecr.describe_repositories()["repositories"]
+    }
+    functions = sorted(
+        (f["FunctionName"], f["CodeSha256"]) for f in client("lambda").list_functions()["Functions"]
+    )
+    change_sets = cloudformation.list_change_sets(StackName=LOCAL_STACK)["Summaries"]
+    return {
+        "objects": objects, "stacks": stacks, "repositories": repositories,
+        "functions": functions, "change_sets": change_sets,
+    }  # fmt: skip
+
+
+def test_dry_run_of_a_new_stack_changes_nothing(local_cloud):
     endpoint, cloudformation = local_cloud
+    before = snapshot(endpoint)
     result = promote(endpoint, "--stack-name", "promote-dry-run")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "CREATE change set promote-" in result.stdout
-    assert "Add     InputBucket" in result.stdout
-    assert "dry run: change set deleted, nothing deployed" in result.stdout
+    assert f"warning: the AWS endpoint is {endpoint}" in result.stdout
+    assert "would push image 123456789012.dkr.ecr.us-east-1.amazonaws.com/model-endpoint:" in (
+        result.stdout
+    )
+    assert "would upload the lambda package to s3://model-endpoint-local-artifacts/lambda/" in (
+        result.stdout
+    )
+    assert "stack promote-dry-run does not exist: a real run creates it" in result.stdout
+    assert snapshot(endpoint) == before
     assert stack_status(cloudformation, "promote-dry-run") is None
 
 
-def test_dry_run_of_the_deployed_stack_changes_nothing(local_cloud):
-    endpoint, cloudformation = local_cloud
-    result = promote(endpoint, "--stack-name", LOCAL_STACK)
+def test_dry_run_of_the_deployed_stack_shows_the_change_set_and_changes_nothing(local_cloud):
+    endpoint, _ = local_cloud
+    before = snapshot(endpoint)
+    result = promote(endpoint, "--stack-name", LOCAL_STACK, "--skip-image")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "UPDATE change set promote-" in result.stdout
-    assert stack_status(cloudformation, LOCAL_STACK) == "CREATE_COMPLETE"
-    assert cloudformation.list_change_sets(StackName=LOCAL_STACK)["Summaries"] == []
+    assert "UPDATE change set promote-dry-run-" in result.stdout
+    assert "Modify  BatchTriggerFunction" in result.stdout
+    assert "dry run: change set deleted, nothing deployed, nothing uploaded" in result.stdout
+    assert snapshot(endpoint) == before
+
+
+def test_a_real_run_against_the_local_cloud_needs_yes(local_cloud):
+    endpoint, _ = local_cloud
+    before = snapshot(endpoint)
+    result = subprocess.run(
+        [sys.executable, "scripts/promote.py", "--params", "infra/params/local.json",
+         "--skip-image", "--region", REGION, "--stack-name", LOCAL_STACK],
+        cwd=ROOT, env=aws_env(endpoint), capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "without --yes" in result.stderr
+    assert snapshot(endpoint) == before

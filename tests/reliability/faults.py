@@ -35,7 +35,7 @@ from tests.e2e.cloud_process import (
 from tests.support import wait_for
 
 LAMBDA_BOOTSTRAP = "localcloud/bootstrap.py"
-WORKER_SCRATCH = "batch-worker-"
+BUSY_SAMPLE_SECONDS = 0.1  # CPU sampled this long to tell a busy worker from an idle one
 TASK_STOPPED = re.compile(r"^task (\w{8}) STOPPED")
 S3_EVENT_SAMPLE = REPO_ROOT / "tests" / "events" / "s3_put_several.json"
 # Lambda's asynchronous retry delays (60 s, 120 s) times this: 3 s and 6 s.
@@ -128,10 +128,14 @@ def sigkill(seen: Seen) -> bool:
 
 
 def busy(seen: Seen) -> bool:
-    """Whether a worker has a file in work: it holds one open in its scratch folder
-    (service/worker.py stages each input and output in a ``batch-worker-*`` folder)."""
+    """Whether a worker has a file in work: it spends CPU (reading, predicting, uploading)
+    over a short sample, while an idle one rests in its SQS long poll. The worker streams
+    each file from S3 to S3, so no file on disk marks it."""
     with contextlib.suppress(psutil.Error):
-        return any(WORKER_SCRATCH in f.path for f in psutil.Process(seen.pid).open_files())
+        process = psutil.Process(seen.pid)
+        before = sum(process.cpu_times()[:2])
+        time.sleep(BUSY_SAMPLE_SECONDS)
+        return sum(process.cpu_times()[:2]) - before > BUSY_SAMPLE_SECONDS * 0.2
     return False
 
 

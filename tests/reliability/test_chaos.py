@@ -7,8 +7,8 @@ bursts of 40: parquet, CSV, gzip'd CSV and JSON Lines, in pairs that share a ste
 007.csv`` and ``file 007.csv.gz``), six of them poison from the catalogue. Meanwhile a fault
 injector SIGKILLs a running worker ten times, about every two seconds (the next burst is
 uploaded once its share of the kills is done, so files are in work for every kill however
-fast they go) (a busy one when it can find one: a worker holding a file open in its scratch
-folder) and one invocation of the batch trigger, between its "queued" and "summary" log
+fast they go) (a busy one when it can find one: a worker spending CPU, as one with a file in
+work does) and one invocation of the batch trigger, between its "queued" and "summary" log
 lines when it can, so its retry queues those objects a second time. The runtime fails every
 attempt of about one asynchronous event in ten (uploads and schedule ticks alike), so those
 events reach the trigger's on-failure queue, which the scheduled runs redrive.

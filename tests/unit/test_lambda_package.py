@@ -11,6 +11,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+from infra.package import lambda_zip as package_lambda
 from infra.template import (
     PARAMS_DIR,
     STACK_PATH,
@@ -19,7 +20,7 @@ from infra.template import (
     make_context,
     pseudo_parameters,
 )
-from localcloud.deploy import event_invoke_configs, package_lambda
+from localcloud.deploy import event_invoke_configs
 from service.batch_contract import LAMBDA_MODULES
 from tests.worker_fixtures import load_script
 

@@ -298,46 +298,36 @@ def test_missing_region_is_refused(aws, project, monkeypatch, capsys):
 
 
 def test_skip_image_on_a_new_stack_needs_an_image(aws, project, capsys):
-    assert run(project, FakeRunner(), "--skip-image", "--dry-run") == 2
+    assert run(project, FakeRunner(), "--skip-image", "--skip-smoke") == 2
     assert "--image-uri" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- dry run
 
 
-def test_dry_run_pushes_uploads_shows_and_deletes_the_change_set(aws, project, capsys):
+def test_dry_run_builds_pushes_and_uploads_nothing(aws, project, capsys):
     runner = FakeRunner()
     assert run(project, runner, "--dry-run") == 0
     out = capsys.readouterr().out
-    repo = f"{REGISTRY}/model-endpoint"
-    assert runner.commands == [
-        ["git", "rev-parse", "--short", "HEAD"],
-        ["git", "status", "--porcelain"],
-        ["docker", "build", "--platform", "linux/amd64", "--target", "runtime",
-         "--tag", f"model-endpoint:{COMMIT}", "."],
-        ["docker", "login", "--username", "AWS", "--password-stdin", REGISTRY],
-        ["docker", "tag", f"model-endpoint:{COMMIT}", f"{repo}:{COMMIT}"],
-        ["docker", "push", f"{repo}:{COMMIT}"],
-    ]  # fmt: skip
-    login = runner.commands.index(
-        ["docker", "login", "--username", "AWS", "--password-stdin", REGISTRY]
-    )
-    password = runner.inputs[login]
-    assert password and password not in out
-    assert aws.client("ecr").describe_repositories()["repositories"][0]["repositoryName"] == (
-        "model-endpoint"
-    )
+    assert [cmd[:2] for cmd in runner.commands] == [["git", "rev-parse"], ["git", "status"]]
+    assert f"would push image {REGISTRY}/model-endpoint:{COMMIT}" in out
     key = expected_key(project)
-    assert aws.client("s3").head_object(Bucket="artifacts-bucket", Key=key)
-    assert f"s3://artifacts-bucket/{key} (uploaded)" in out
-    assert "CREATE change set promote-" in out
-    assert [line.split()[:2] for line in out.splitlines() if line.startswith("Add ")] == [
-        ["Add", "InputBucket"], ["Add", "OutputBucket"], ["Add", "JobQueue"],
-    ]  # fmt: skip
-    assert "dry run: change set deleted" in out
-    cloudformation = aws.client("cloudformation")
-    with pytest.raises(cloudformation.exceptions.ClientError, match="does not exist"):
-        cloudformation.describe_stacks(StackName="model-endpoint")
+    assert f"would upload the lambda package to s3://artifacts-bucket/{key}" in out
+    assert "stack model-endpoint does not exist: a real run creates it" in out
+    assert "dry run: nothing deployed, nothing uploaded" in out
+    assert aws.client("ecr").describe_repositories()["repositories"] == []
+    assert aws.client("s3").list_buckets()["Buckets"] == []
+    assert aws.client("cloudformation").list_stacks()["StackSummaries"] == []
+
+
+def test_a_loopback_endpoint_needs_yes_before_anything_happens(aws, project, capsys, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:4566")
+    runner = FakeRunner()
+    assert run(project, runner, "--skip-smoke") == 2
+    captured = capsys.readouterr()
+    assert "warning: the AWS endpoint is http://127.0.0.1:4566" in captured.out
+    assert "without --yes" in captured.err
+    assert runner.commands == []
 
 
 def test_dry_run_on_a_deployed_stack_keeps_it(aws, project, capsys):
@@ -368,7 +358,7 @@ def test_second_run_reuses_the_image_and_the_package(aws, project, capsys):
     s3.create_bucket(Bucket="artifacts-bucket")
     s3.put_object(Bucket="artifacts-bucket", Key=expected_key(project), Body=b"same")
     runner = FakeRunner()
-    assert run(project, runner, "--dry-run") == 0
+    assert run(project, runner, "--skip-smoke") == 0
     out = capsys.readouterr().out
     assert [cmd[0] for cmd in runner.commands] == ["git", "git"]
     assert f"{REGISTRY}/model-endpoint:{COMMIT} is already in ECR" in out
@@ -377,7 +367,7 @@ def test_second_run_reuses_the_image_and_the_package(aws, project, capsys):
 
 def test_allow_dirty_pushes_a_marked_tag(aws, project):
     runner = FakeRunner(dirty="?? notes.txt\n")
-    assert run(project, runner, "--dry-run", "--allow-dirty") == 0
+    assert run(project, runner, "--skip-smoke", "--allow-dirty") == 0
     pushed = runner.commands[-1]
     assert pushed[:2] == ["docker", "push"] and f":{COMMIT}-dirty-" in pushed[2]
 

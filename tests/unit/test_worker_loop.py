@@ -131,10 +131,12 @@ def events(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, Any]]]:
 
     logger = logging.getLogger("service.worker")
     collector = Collect()
-    monkeypatch.setattr(logger, "level", logging.INFO)
+    previous = logger.level
+    logger.setLevel(logging.INFO)  # setLevel, not the attribute: it clears the level cache
     logger.addHandler(collector)
     yield seen
     logger.removeHandler(collector)
+    logger.setLevel(previous)
 
 
 def test_run_processes_a_file_and_exits_when_idle(moto_env, sample_frame, bundle, events):
@@ -357,21 +359,24 @@ class BrokenBody:
 
     def __init__(self, body: Any, after: int) -> None:
         self.body = body
-        self.after = after
+        self.left = after
 
-    def iter_chunks(self, size: int) -> Iterator[bytes]:
-        yield self.body.read(self.after)
-        raise ResponseStreamingError(error="connection reset by peer")
+    def read(self, size: int = -1) -> bytes:
+        if self.left <= 0:
+            raise ResponseStreamingError(error="connection reset by peer")
+        data = self.body.read(min(size, self.left) if size >= 0 else self.left)
+        self.left -= len(data)
+        return data
 
     def close(self) -> None:
         self.body.close()
 
 
-def test_download_resumes_a_broken_stream_under_the_same_condition(
+def test_a_broken_input_stream_resumes_under_the_same_condition(
     moto_env, sample_frame, monkeypatch, events
 ):
     env = moto_env()
-    etag = env.upload("resume.parquet", sample_frame)
+    etag = env.upload("resume.csv", data=sample_frame.to_csv(index=False).encode())
     real_get = env.worker.pipeline.files.s3.get_object
     calls: list[dict[str, Any]] = []
 
@@ -384,7 +389,8 @@ def test_download_resumes_a_broken_stream_under_the_same_condition(
 
     monkeypatch.setattr(env.worker.pipeline.files.s3, "get_object", flaky_get)
     env.worker.handle(env.receive())
-    assert env.report("resume.parquet")["status"] == "succeeded"
+    report = env.report("resume.csv")
+    assert report["status"] == "succeeded" and report["rows"] == len(sample_frame)
     assert [call.get("Range") for call in calls] == [None, "bytes=1000-"]
     assert {call["IfMatch"] for call in calls} == {f'"{etag}"'}
     assert [e["event"] for e in events].count("download_resumed") == 1

@@ -1,0 +1,155 @@
+"""Batch benchmark part `stream`: one worker process from the input in S3 to the output.
+
+The 1M-row file (one row group) and the 10M-row file (row groups of datagen.CHUNK_ROWS) are
+put in the local S3 once; per round, alternating the order of the files and of the trees,
+each tree's worker (`python -m service worker` from this checkout, and from every
+`--compare LABEL=DIR` tree, with that tree's code) transforms each file in a fresh process,
+and the in-process limit (this tree's `transform_file`, local disk in and out) runs on the
+same file. Recorded per file and tree: the worker's own time for the file (its `file` log
+line: from taking the message, input in S3, to the output and report written), rows/s and
+its ratio to the same round's limit, and the process's peak RSS (VmHWM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import datagen
+from bench.batch import (
+    MAIN_PARAMETERS,
+    datagen_rows,
+    load_served_bundle,
+    run_worker_once,
+    transform_locally,
+)
+from bench.cloud import REPO_ROOT, Cloud
+from bench.run import parse_compare
+from bench.stats import DATA_DIR, Recorder
+
+FILES = ("1m", "10m")
+
+
+def stream(
+    cloud: Cloud,
+    files: dict[str, Path],
+    rounds: int,
+    recorder: Recorder,
+    work: Path,
+    compare: dict[str, Path],
+) -> None:
+    trees = {"ours": REPO_ROOT, **compare}
+    bundle = load_served_bundle(cloud)
+    s3, sqs = cloud.client("s3"), cloud.client("sqs")
+    bucket = "bench-stream-input"
+    s3.create_bucket(Bucket=bucket)
+    queue = sqs.create_queue(QueueName="bench-stream")["QueueUrl"]
+    messages = {name: _put(s3, bucket, f"stream/{name}.parquet", files[name]) for name in FILES}
+    environment = cloud.environment() | cloud.worker_environment()
+    environment.update(JOB_QUEUE_URL=queue, IDLE_SECONDS="1", WAIT_SECONDS="1")
+    recorder.notes["stream_trees"] = {label: str(tree) for label, tree in trees.items()}
+    for number in range(rounds):
+        names = FILES if number % 2 == 0 else FILES[::-1]
+        labels = list(trees) if number % 2 == 0 else list(trees)[::-1]
+        peaks: dict[str, dict[str, float]] = {label: {} for label in trees}
+        for name in names:
+            rows = datagen_rows(files[name])
+            started = time.monotonic()
+            transform_locally(files[name], work / "stream-limit.parquet", bundle)
+            limit = rows / (time.monotonic() - started)
+            recorder.add(f"{name.upper()} rows: limit (in-process, local disk)", "rows/s", limit)
+            for label in labels:
+                sqs.send_message(QueueUrl=queue, MessageBody=json.dumps(messages[name]))
+                env = dict(environment, OUTPUT_PREFIX=f"bench-stream/{label}/r{number}")
+                env["PYTHONPATH"] = str(trees[label])
+                log = work / f"stream-{label}-{number}-{name}.log"
+                result = run_worker_once(env, log, cwd=trees[label])
+                line = _file_line(log)
+                speed = rows / float(line["seconds"])
+                _record(recorder, f"{name.upper()} rows: {label}", speed, limit, result, line)
+                peaks[label][name] = result["peak_mib"]
+                print(
+                    f"stream round {number + 1}/{rounds} {name} {label}: "
+                    f"{speed:,.0f} rows/s = {speed / limit:.2f}x limit {limit:,.0f}, "
+                    f"peak {result['peak_mib']:.0f} MiB",
+                    flush=True,
+                )
+        for label, peak in peaks.items():
+            recorder.add(f"{label}: ratio peak RSS 10M / 1M", "x", peak["10m"] / peak["1m"])
+
+
+def _put(s3: Any, bucket: str, key: str, path: Path) -> dict[str, Any]:
+    s3.upload_file(str(path), bucket, key)
+    head = s3.head_object(Bucket=bucket, Key=key)
+    return {
+        "bucket": bucket,
+        "key": key,
+        "etag": head["ETag"].strip('"'),
+        "size": head["ContentLength"],
+    }
+
+
+def _file_line(log: Path) -> dict[str, Any]:
+    for text in log.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            entry = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("event") == "file":
+            return entry
+    raise RuntimeError(f"no file line in {log}")
+
+
+def _record(
+    recorder: Recorder,
+    prefix: str,
+    speed: float,
+    limit: float,
+    result: dict[str, float],
+    line: dict[str, Any],
+) -> None:
+    recorder.add(f"{prefix} worker, input in S3 to output", "rows/s", speed)
+    recorder.add(f"{prefix} worker / limit", "x", speed / limit)
+    recorder.add(f"{prefix} worker peak RSS", "MiB", result["peak_mib"])
+    for key, value in line.items():
+        if key.endswith("_seconds"):
+            recorder.add(f"{prefix} worker phase {key.removesuffix('_seconds')}", "s", value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.batch_stream", description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="LABEL=DIR",
+        help="also run the worker from DIR (a tree with another service/), interleaved",
+    )
+    args = parser.parse_args(argv)
+    compare = parse_compare(args.compare)
+    recorder = Recorder("batch-stream")
+    recorder.notes["rounds"] = args.rounds
+    files = {name: datagen.dataset(name) for name in FILES}
+    recorder.notes["files_mb"] = {n: round(p.stat().st_size / 1e6, 1) for n, p in files.items()}
+    work = Path(tempfile.mkdtemp(prefix="bench-stream-", dir=DATA_DIR))
+    cloud = Cloud(work / "cloud", MAIN_PARAMETERS, schedule_scale=1.0)
+    try:
+        cloud.start()
+        stream(cloud, files, args.rounds, recorder, work, compare)
+    finally:
+        cloud.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    recorder.print_table()
+    recorder.save()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
