@@ -9,6 +9,7 @@ import csv
 import gzip
 import io
 import os
+import re
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -33,7 +34,7 @@ from service.codecs import (
     csv_error,
     encode_jsonlines,
 )
-from service.errors import MalformedBody
+from service.errors import InputError, InvalidData, MalformedBody
 
 __all__ = ["BatchWriter", "FileFormat", "file_format", "iter_batches", "known_rows"]
 
@@ -200,6 +201,9 @@ def _csv_header(path: Source, fmt: FileFormat) -> list[str]:
         return []
 
 
+_TYPE_CHANGE = re.compile(r"Column\(/([^)]*)\) changed from (\w+) to (\w+)")
+
+
 def _jsonl_batches(
     path: Source, fmt: FileFormat, batch_rows: int, numeric_columns: tuple[str, ...]
 ) -> Iterator[pd.DataFrame]:
@@ -217,12 +221,22 @@ def _jsonl_batches(
             for batch in reader:
                 yield _in_file_order(batch.to_pandas(), first_keys)
     except ARROW_ERRORS as exc:
-        reason = _arrow_reason(exc)
-        if "straddl" in reason:
-            raise MalformedBody(_row_too_long(_block_size(batch_rows))) from None
-        raise MalformedBody(
-            f"the file is not readable JSON Lines, one object per line ({reason})"
-        ) from None
+        raise _jsonl_problem(_arrow_reason(exc), _block_size(batch_rows)) from None
+
+
+def _jsonl_problem(reason: str, block: int) -> InputError:
+    """A value of another type than the column's earlier ones is wrong data (as at the
+    endpoint); anything else is a file that is not JSON Lines."""
+    if "straddl" in reason:
+        return MalformedBody(_row_too_long(block))
+    changed = _TYPE_CHANGE.search(reason)
+    if changed:
+        column, before, after = changed.groups()
+        return InvalidData(
+            f"column {column!r} holds a JSON {after} where earlier rows hold a {before}: "
+            "send one type per column (numbers as numbers, dates and text as strings)"
+        )
+    return MalformedBody(f"the file is not readable JSON Lines, one object per line ({reason})")
 
 
 def _in_file_order(frame: pd.DataFrame, first_keys: list[str]) -> pd.DataFrame:

@@ -168,20 +168,11 @@ class ChaosRun:
 
     def dropped_events(self) -> set[str]:
         """Request ids of the events whose every attempt the runtime's fault hook failed."""
-        marker = "fault: event "
-        return {
-            line.split(marker, 1)[1].split()[0]
-            for line in self.log
-            if marker in line and "attempt 1 failed" in line
-        }
+        return dropped_ids(self.log)
 
     def events_sent_to_failure_queue(self) -> set[str]:
         """Request ids the runtime sent to the trigger's on-failure queue after its retries."""
-        return {
-            line.split(" | event ", 1)[1].split()[0]
-            for line in self.log
-            if " | event " in line and "trigger-failures (RetriesExhausted)" in line
-        }
+        return given_up_ids(self.log)
 
     def figures(self) -> dict[str, Any]:
         workers_log = json_lines(self.log, "ecs:")
@@ -317,6 +308,11 @@ def run_chaos(cloud: FaultCloud, inputs: list[Input], keys: list[str], bundle: B
         seconds = time.monotonic() - started
         idle = float(cloud.parameters["IdleSeconds"]) + IDLE_SLACK
         tasks = wait_workers_stopped(cloud, idle)
+        # Schedule ticks go on during the wait, and a dropped one is still in its retries for
+        # a while: read the log at a moment when every dropped event has been given up.
+        log, failures = wait_for(
+            lambda: settled(cloud), BATCH_DEADLINE, "every dropped event given up and redriven"
+        )
     prefix = output_key(cloud, bundle, "")
     return ChaosRun(
         cloud=cloud,
@@ -331,11 +327,37 @@ def run_chaos(cloud: FaultCloud, inputs: list[Input], keys: list[str], bundle: B
         max_processes=watch.max_processes,
         worker_tasks=tasks,
         job_queue=queue_counts(cloud),
-        failure_queue=queue_counts(cloud, FAILURES),
+        failure_queue=failures,
         dead_letters=dead_letters(cloud),
         seconds=seconds,
-        log=cloud.log_text().splitlines(),
+        log=log,
     )
+
+
+def dropped_ids(lines: list[str]) -> set[str]:
+    marker = "fault: event "
+    return {
+        line.split(marker, 1)[1].split()[0]
+        for line in lines
+        if marker in line and "attempt 1 failed" in line
+    }
+
+
+def given_up_ids(lines: list[str]) -> set[str]:
+    return {
+        line.split(" | event ", 1)[1].split()[0]
+        for line in lines
+        if " | event " in line and "trigger-failures (RetriesExhausted)" in line
+    }
+
+
+def settled(cloud: FaultCloud) -> tuple[list[str], tuple[int, int]] | None:
+    """The cloud's log lines and the failure queue's counts, at a moment when each event the
+    fault hook dropped was sent to the failure queue and that queue was redriven empty."""
+    lines = cloud.log_text().splitlines()
+    failures = queue_counts(cloud, FAILURES)
+    done = dropped_ids(lines) <= given_up_ids(lines) and failures == (0, 0)
+    return (lines, failures) if done else None
 
 
 def test_faults_were_injected(chaos: ChaosRun) -> None:

@@ -416,10 +416,10 @@ def _schema_case(name: str, make: Callable[[pd.DataFrame], bytes], *words: str, 
     )
 
 
-# The batch file readers (service/files.py) read a schema's number columns as float64 and
-# let Arrow infer JSON Lines types, so they refuse these before the schema check does, as a
-# malformed file naming the column: the same code as the endpoint's is issue 17's to unify.
-READER_REFUSES = ("malformed_body", "invalid_data")
+# The batch file readers (service/files.py) refuse these before the schema check does (a
+# number column read as float64, a JSON Lines column whose type changes): the same code as
+# the endpoint's, naming the column.
+READER_REFUSES = "invalid_data"
 
 
 def _schema_success(name: str, make: Callable[[pd.DataFrame], bytes], why: str) -> Poison:
