@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from localcloud.waiting import wait_until
@@ -32,3 +33,20 @@ def wait_for(
         return wait_until(condition, timeout, what, interval)
     except TimeoutError as exc:
         raise AssertionError(f"{exc}\n{context()}") from None
+
+
+def extract_flat_tar(archive: Path, folder: Path) -> list[str]:
+    """Extract a tar of plain files at its root (what a bundle's model.tar.gz holds), refusing
+    any other member; works on every Python 3.11 (extractall's filter came in 3.11.4)."""
+    import tarfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    with tarfile.open(archive) as tar:
+        for member in tar.getmembers():
+            assert member.isfile() and "/" not in member.name and member.name not in ("..", ".")
+            source = tar.extractfile(member)
+            assert source is not None
+            (folder / member.name).write_bytes(source.read())
+            names.append(member.name)
+    return names

@@ -220,10 +220,9 @@ def test_model_tar_gz_served_from_the_model_dir_on_the_bound_port(
     import pickle
     import subprocess
     import sys
-    import tarfile
 
     from tests.endpoint_fixtures import REPO
-    from tests.support import free_port
+    from tests.support import extract_flat_tar, free_port
 
     pickles = {}
     for name, value in (
@@ -251,8 +250,7 @@ def test_model_tar_gz_served_from_the_model_dir_on_the_bound_port(
         check=True,
     )
     base = tmp_path / "opt-ml"
-    with tarfile.open(archive) as tar:
-        tar.extractall(base / "model", filter="data")
+    extract_flat_tar(archive, base / "model")
     server = EndpointServer(
         tmp_path / "server.log",
         port=free_port(),  # PORT loses to SAGEMAKER_BIND_TO_PORT
