@@ -101,7 +101,7 @@ def docker_env():
     if env.get("DOCKER_HOST") and sh(["docker", "version"], env, 60).returncode == 0:
         yield env
         return
-    if shutil.which("dockerd") is None:
+    if not all(shutil.which(tool) for tool in ("dockerd", "docker-compose", "debootstrap")):
         install = sh(["bash", str(ENGINE), "install"], env, 900)
         if install.returncode != 0:
             pytest.fail(f"cannot install a Docker engine:\n{install.stderr[-3000:]}")
