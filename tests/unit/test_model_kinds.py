@@ -105,14 +105,16 @@ def test_missing_schema_column_is_named(kind_dirs):
         predict(bundle, kind_rows("mixed", 3).drop(columns="signup"))
 
 
-def package(tmp_path, estimator, sample, *extra):
+def package(tmp_path, estimator, sample, *extra, out=None, version="1"):
+    """package_model.py --pipeline on a fitted estimator and its sample rows; the bundle's
+    destination (a folder under tmp_path unless `out` names one or an S3 prefix)."""
     model_file = tmp_path / "model.joblib"
     import joblib
 
     joblib.dump(estimator, model_file)
     sample_file = tmp_path / "sample.parquet"
     sample.to_parquet(sample_file)
-    out = tmp_path / "bundle"
+    out = out or tmp_path / "bundle"
     load_script("package_model").main(
         [
             "--pipeline",
@@ -122,7 +124,7 @@ def package(tmp_path, estimator, sample, *extra):
             "--name",
             "m",
             "--version",
-            "1",
+            version,
             "--out",
             str(out),
             *extra,
@@ -252,26 +254,7 @@ def test_package_to_s3_with_tar(tmp_path, lightgbm_model):
     with mock_aws():
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket="models")
-        model_file, sample_file = tmp_path / "m.joblib", tmp_path / "s.parquet"
-        import joblib
-
-        joblib.dump(model, model_file)
-        frame.to_parquet(sample_file)
-        load_script("package_model").main(
-            [
-                "--pipeline",
-                str(model_file),
-                "--sample",
-                str(sample_file),
-                "--name",
-                "m",
-                "--version",
-                "2",
-                "--out",
-                "s3://models/m/2/",
-                "--tar",
-            ]
-        )
+        package(tmp_path, model, frame, "--tar", out="s3://models/m/2/", version="2")
         archive = s3.get_object(Bucket="models", Key="m/2/model.tar.gz")["Body"].read()
         loaded = load_bundle("s3://models/m/2/")
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
