@@ -10,6 +10,8 @@ import contextlib
 import io
 import json
 import math
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,7 +22,7 @@ import pandas as pd
 from botocore.exceptions import ClientError
 
 from service.artifacts import Bundle, S3Source, load_bundle
-from tests.e2e.cloud_process import WORKER_COMMAND, LocalCloudProcess, wait_for
+from tests.e2e.cloud_process import REPO_ROOT, WORKER_COMMAND, LocalCloudProcess, wait_for
 
 STARTED_BY = "batch-worker"
 REPORTS = "_reports"
@@ -222,3 +224,17 @@ class WorkerWatch:
                 self.max_processes = max(self.max_processes, workers)
             self.samples += 1
             self._stop.wait(max(0.0, WATCH_SECONDS - (time.monotonic() - started)))
+
+
+def train_to_model_uri(cloud: LocalCloudProcess, *args: str) -> None:
+    """Run scripts/train_example.py as a user would, publishing to the stack's ModelUri."""
+    trained = subprocess.run(
+        [sys.executable, "scripts/train_example.py", "--out", cloud.outputs["ModelUri"], *args],
+        cwd=REPO_ROOT,
+        env=cloud.user_environment(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert trained.returncode == 0, trained.stdout + trained.stderr

@@ -15,8 +15,6 @@ import gzip
 import io
 import json
 import math
-import subprocess
-import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -44,13 +42,13 @@ from tests.e2e.batch_helpers import (
     to_csv,
     to_jsonl,
     to_parquet,
+    train_to_model_uri,
     wait_reports,
     wait_workers_stopped,
     worker_tasks,
 )
 from tests.e2e.cloud_process import (
     ENDPOINT_COMMAND,
-    REPO_ROOT,
     LocalCloudProcess,
     wait_for,
 )
@@ -362,25 +360,7 @@ def test_new_model_bundle_is_used_by_endpoint_and_batch_without_restart(
     assert len(endpoint_before) >= 2, endpoint_before
     wait_workers_stopped(local_cloud, idle_deadline(local_cloud))
 
-    trained = subprocess.run(
-        [
-            sys.executable,
-            "scripts/train_example.py",
-            "--out",
-            local_cloud.outputs["ModelUri"],
-            "--version",
-            "2",
-            "--regularisation",
-            "0.01",
-        ],
-        cwd=REPO_ROOT,
-        env=local_cloud.user_environment(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert trained.returncode == 0, trained.stdout + trained.stderr
+    train_to_model_uri(local_cloud, "--version", "2", "--regularisation", "0.01")
     new = load_served_bundle(local_cloud)
     assert new.version == "2"
     rows = train_example.sample_rows(60, seed=21)

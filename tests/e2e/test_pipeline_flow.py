@@ -5,15 +5,18 @@ the endpoint, each answer equal to the estimator's own."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 
 import pandas as pd
 
-from tests.e2e.batch_helpers import load_served_bundle, read_parquet, wait_reports
-from tests.e2e.cloud_process import REPO_ROOT, LocalCloudProcess
+from tests.e2e.batch_helpers import (
+    load_served_bundle,
+    read_parquet,
+    train_to_model_uri,
+    wait_reports,
+)
+from tests.e2e.cloud_process import LocalCloudProcess
 from tests.model_kinds import assert_same_answer, encode_rows, expected_answer, kind_rows
 from tests.support import wait_for
 
@@ -43,17 +46,7 @@ def on_version_2(cloud: LocalCloudProcess, rows: pd.DataFrame) -> bool:
 
 
 def test_pipeline_bundle_serves_endpoint_and_batch(local_cloud: LocalCloudProcess) -> None:
-    command = [sys.executable, "scripts/train_example.py", "--kind", "mixed", "--version", "2"]
-    trained = subprocess.run(
-        [*command, "--out", local_cloud.outputs["ModelUri"]],
-        cwd=REPO_ROOT,
-        env=local_cloud.user_environment(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert trained.returncode == 0, trained.stdout + trained.stderr
+    train_to_model_uri(local_cloud, "--kind", "mixed", "--version", "2")
     bundle = load_served_bundle(local_cloud)
     rows = kind_rows("mixed", 120, seed=8)
     want = expected_answer(bundle.model, rows, dict(bundle.manifest))
