@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -167,17 +168,38 @@ def deploy_command(settings: LocalCloudSettings, params: Path | None) -> int:
     return 0 if status in ("UPDATE_COMPLETE", "UNCHANGED") else 1
 
 
+class StopRequest:
+    """Set by SIGINT or SIGTERM, polled by the main thread.
+
+    The handler runs between two bytecodes of the main thread, which may hold any lock
+    (``Event.set`` there can deadlock), and a signal delivered to another thread does not wake
+    a main thread blocked without a timeout. So the handler only counts, and waiting polls.
+    """
+
+    POLL_SECONDS = 0.25
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def is_set(self) -> bool:
+        return self.count > 0
+
+    def wait(self) -> None:
+        while not self.is_set():
+            time.sleep(self.POLL_SECONDS)
+
+
 def up(settings: LocalCloudSettings, console: Console | None = None, fresh: bool = False) -> int:
     """Run until Ctrl-C or SIGTERM; exit 0 after a clean stop, 1 if the stack failed."""
     console = console or Console()
-    stop = threading.Event()
+    stop = StopRequest()
     cloud = LocalCloud(settings, console, fresh=fresh)
 
     def on_signal(_number: int, _frame: object) -> None:
-        if stop.is_set():
+        stop.count += 1
+        if stop.count == 2:
             console.line(NAME, "second signal: killing every task now")
-            cloud.agent.kill_all()
-        stop.set()
+            threading.Thread(target=cloud.agent.kill_all, name="kill-all", daemon=True).start()
 
     for number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(number, on_signal)
@@ -197,9 +219,7 @@ def up(settings: LocalCloudSettings, console: Console | None = None, fresh: bool
     return 0
 
 
-def _announce(
-    cloud: LocalCloud, stack: DeployedStack, console: Console, stop: threading.Event
-) -> None:
+def _announce(cloud: LocalCloud, stack: DeployedStack, console: Console, stop: StopRequest) -> None:
     for key, value in sorted(stack.outputs.items()):
         console.line(NAME, f"{key:<24} {value}")
     settings = cloud.settings
@@ -228,7 +248,7 @@ def _announce(
     console.line(NAME, f"{READY} (Ctrl-C stops everything)")
 
 
-def _wait_endpoint(cloud: LocalCloud, stop: threading.Event) -> bool:
+def _wait_endpoint(cloud: LocalCloud, stop: StopRequest) -> bool:
     """Wait for /ping, giving up early when asked to stop."""
     try:
         wait_until(
