@@ -29,6 +29,7 @@ from service.errors import (
     ServiceError,
     UnsupportedMediaType,
 )
+from service.frames import STRING_DTYPE, STRINGS_INFERRED, column_index, frame_of
 from service.media import CSV, JSON, JSONLINES, MEDIA_TYPES, NDJSON, PARQUET, X_PARQUET
 
 ARROW_ERRORS = (pa.ArrowException, OSError, ValueError)
@@ -267,7 +268,7 @@ def _rows(value: Any, where: str, layout: Layout | None) -> Decoded:
     if len(widths) > 1:
         raise MalformedBody(f"the rows in {where} differ in length ({sorted(widths)})")
     width = widths.pop()
-    fast = _small_numeric_frame([str(i) for i in range(width)], value)
+    fast = _small_frame([str(i) for i in range(width)], value)
     frame = pd.DataFrame(value) if fast is None else fast
     return layout.name(frame, f"each row in {where}")
 
@@ -284,54 +285,62 @@ def _split(value: Any) -> pd.DataFrame:
         )
     if not all(isinstance(c, str) for c in columns) or len(set(columns)) != len(columns):
         raise MalformedBody('dataframe_split "columns" must be distinct strings')
-    fast = _small_numeric_frame(columns, data)
+    fast = _small_frame(columns, data)
     return pd.DataFrame(data, columns=columns) if fast is None else fast
 
 
-# A few rows of plain numbers (the usual real-time request) skip pandas' general
-# constructor, which costs about 0.2 ms per request for 31 columns; beyond this many rows
-# the type checks below cost more than they save.
+# A few rows of plain values (the usual real-time request) skip pandas' general
+# constructor, which costs about 0.2 ms per request; beyond this many rows the type checks
+# below cost more than they save.
 SMALL_FRAME_ROWS = 64
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _NONE = type(None)
 _NUMBER_TYPES = frozenset({int, float, _NONE})
 _ONLY_NONE = frozenset({_NONE})
 _ONLY_INT = frozenset({int})
+_ONLY_STR = frozenset({str})
+_ONLY_BOOL = frozenset({bool})
 
 
-@functools.lru_cache(maxsize=64)
-def _column_index(columns: tuple[str, ...]) -> pd.Index:
-    """Indexes are immutable: one per column list is shared by every frame that uses it."""
-    return pd.Index(columns)
+def _small_frame(columns: list[str], data: list[list[Any]]) -> pd.DataFrame | None:
+    """The frame `pd.DataFrame(data, columns=columns)` builds, when there are few rows and
+    each column holds only strings, only booleans, or ints, floats and nulls; None (use
+    pandas) for anything else.
 
-
-def _small_numeric_frame(columns: list[str], data: list[list[Any]]) -> pd.DataFrame | None:
-    """The frame `pd.DataFrame(data, columns=columns)` builds, when every value is an int,
-    a float or null and there are few rows; None (use pandas) for anything else.
-
-    pandas makes a column of Python ints int64 and a column of ints, floats and nulls
-    float64 (null as NaN); a column of nulls only stays object, and bools, strings,
-    ints beyond int64 and the like have their own rules, so those go to pandas.
+    pandas makes a column of Python ints int64, one of ints, floats and nulls float64
+    (null as NaN), one of strings its string dtype and one of booleans bool; a column of
+    nulls only stays object, and strings with nulls, mixed types, ints beyond int64 and
+    the like have their own rules, so those go to pandas.
     """
     if not data or len(data) > SMALL_FRAME_ROWS or not columns:
         return None
-    integer_columns = []
-    for position, values in enumerate(zip(*data, strict=True)):
-        kind = frozenset(map(type, values))
-        if not kind <= _NUMBER_TYPES or kind == _ONLY_NONE:
+    arrays = []
+    for values in zip(*data, strict=True):
+        array = _small_column(values)
+        if array is None:
             return None
-        if int in kind:
-            integers = [value for value in values if type(value) is int]
-            if min(integers) < _INT64_MIN or max(integers) > _INT64_MAX:
-                return None
-            if kind == _ONLY_INT:
-                integer_columns.append((position, integers))
-    frame = pd.DataFrame(
-        np.array(data, dtype=np.float64), columns=_column_index(tuple(columns)), copy=False
-    )
-    for position, values in integer_columns:
-        frame.isetitem(position, np.array(values, dtype=np.int64))
-    return frame
+        arrays.append(array)
+    return frame_of(column_index(tuple(columns)), arrays, pd.RangeIndex(len(data)))
+
+
+def _small_column(values: tuple[Any, ...]) -> Any:
+    """One column's values as the array pandas' constructor makes of them, or None."""
+    kind = frozenset(map(type, values))
+    if kind == _ONLY_STR:
+        return pd.array(values, dtype=STRING_DTYPE) if STRINGS_INFERRED else None
+    if kind == _ONLY_BOOL:
+        return np.array(values, dtype=np.bool_)
+    if not kind <= _NUMBER_TYPES or kind == _ONLY_NONE:
+        return None
+    if kind == _ONLY_INT:
+        if min(values) < _INT64_MIN or max(values) > _INT64_MAX:
+            return None
+        return np.array(values, dtype=np.int64)
+    if int in kind:
+        integers = [value for value in values if type(value) is int]
+        if min(integers) < _INT64_MIN or max(integers) > _INT64_MAX:
+            return None
+    return np.array(values, dtype=np.float64)
 
 
 def _small_records_frame(records: list[dict[Any, Any]]) -> pd.DataFrame | None:
@@ -344,7 +353,7 @@ def _small_records_frame(records: list[dict[Any, Any]]) -> pd.DataFrame | None:
         return None
     if any(list(record) != columns for record in records[1:]):
         return None
-    return _small_numeric_frame(columns, [list(record.values()) for record in records])
+    return _small_frame(columns, [list(record.values()) for record in records])
 
 
 def _one_record_or_columns(value: dict[Any, Any], key: str) -> pd.DataFrame:

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from service.errors import InvalidData, ManifestError
+from service.frames import column_index, frame_of
 
 TYPES = ("number", "integer", "boolean", "string", "category", "datetime")
 EXAMPLE_VALUES = 3
@@ -76,8 +77,12 @@ def parse_schema(value: Any, uri: str) -> tuple[Field, ...]:
 
 def conform(frame: pd.DataFrame, fields: Sequence[Field]) -> pd.DataFrame:
     """The schema's columns, in schema order, each as its type's dtype (a new frame)."""
-    columns = {f.name: CONVERTERS[f.type](frame[f.name], f) for f in fields}
-    return pd.DataFrame(columns, index=frame.index, copy=False)
+    names = column_index(tuple(f.name for f in fields))
+    arrays = [CONVERTERS[f.type](frame[f.name], f) for f in fields]
+    built = frame_of(names, arrays, frame.index)
+    if built is not None:
+        return built
+    return pd.DataFrame(dict(zip(names, arrays, strict=True)), index=frame.index, copy=False)
 
 
 def _refuse(column: pd.Series, bad: Any, field: Field, wanted: str) -> None:

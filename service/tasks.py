@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from service.errors import InvalidData, ManifestError
+from service.frames import column_index, frame_of
 
 DEFAULT_LABEL_COLUMN = "label"
 
@@ -73,7 +74,16 @@ def answer(task: Task, model: Any, features: Any, ids: np.ndarray, id_column: st
         columns.update(zip(task.probability_columns, proba.T, strict=True))
     if task.label_column is not None and task.classes is not None:
         columns[task.label_column] = task.classes.take(proba.argmax(axis=1))
-    return pd.DataFrame(columns, copy=False)
+    return _frame(columns)
+
+
+def _frame(columns: dict[str, Any]) -> pd.DataFrame:
+    """The answer's columns as a frame (see service/frames.py for why not pd.DataFrame)."""
+    names = column_index(tuple(columns))
+    built = frame_of(
+        names, list(columns.values()), pd.RangeIndex(len(next(iter(columns.values()))))
+    )
+    return pd.DataFrame(columns, copy=False) if built is None else built
 
 
 def _call(method: Any, features: Any) -> Any:
@@ -89,7 +99,7 @@ def _call(method: Any, features: Any) -> Any:
 def _regression(task: Task, predicted: Any, ids: np.ndarray, id_column: str) -> pd.DataFrame:
     values = np.asarray(predicted)
     if values.ndim == 1:
-        return pd.DataFrame({id_column: ids, task.output_column: values}, copy=False)
+        return _frame({id_column: ids, task.output_column: values})
     names = task.target_columns or tuple(
         f"{task.output_column}_{i}" for i in range(values.shape[1])
     )
@@ -97,4 +107,4 @@ def _regression(task: Task, predicted: Any, ids: np.ndarray, id_column: str) -> 
         raise ManifestError(
             f"the model predicts {values.shape[1]} targets but target_columns names {len(names)}"
         )
-    return pd.DataFrame({id_column: ids, **dict(zip(names, values.T, strict=True))}, copy=False)
+    return _frame({id_column: ids, **dict(zip(names, values.T, strict=True))})

@@ -231,7 +231,7 @@ _TABLES = st.integers(1, 5).flatmap(
 @given(_TABLES)
 def test_small_json_frames_equal_pandas(table):
     columns, rows = table
-    fast = codecs._small_numeric_frame(columns, rows)
+    fast = codecs._small_frame(columns, rows)
     if fast is not None:
         expected = pd.DataFrame(rows, columns=columns)
         pd.testing.assert_frame_equal(fast, expected, check_exact=True)
