@@ -29,7 +29,7 @@ from service.errors import (
     ServiceError,
     UnsupportedMediaType,
 )
-from service.frames import STRING_DTYPE, STRINGS_INFERRED, column_index, frame_of
+from service.frames import STRINGS_INFERRED, column_index, frame_of, strings
 from service.media import CSV, JSON, JSONLINES, MEDIA_TYPES, NDJSON, PARQUET, X_PARQUET
 
 ARROW_ERRORS = (pa.ArrowException, OSError, ValueError)
@@ -327,7 +327,7 @@ def _small_column(values: tuple[Any, ...]) -> Any:
     """One column's values as the array pandas' constructor makes of them, or None."""
     kind = frozenset(map(type, values))
     if kind == _ONLY_STR:
-        return pd.array(values, dtype=STRING_DTYPE) if STRINGS_INFERRED else None
+        return strings(values) if STRINGS_INFERRED else None
     if kind == _ONLY_BOOL:
         return np.array(values, dtype=np.bool_)
     if not kind <= _NUMBER_TYPES or kind == _ONLY_NONE:

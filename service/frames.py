@@ -9,15 +9,17 @@ a fraction of the time. Anything else (object arrays, whose type pandas infers) 
 None, and the caller uses the constructor.
 """
 
+import contextlib
 import functools
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from pandas.api.extensions import ExtensionArray
 from pandas.api.internals import create_dataframe_from_blocks
-from pandas.arrays import NumpyExtensionArray
+from pandas.arrays import ArrowStringArray, NumpyExtensionArray
 
 KEPT_DTYPES = frozenset(
     np.dtype(name)
@@ -35,6 +37,7 @@ KEPT_DTYPES = frozenset(
 # string inference option is off): the decoder's strings take this dtype.
 STRING_DTYPE = pd.Series(["text"]).dtype
 STRINGS_INFERRED = np.dtype(object) != STRING_DTYPE
+_ARROW_STRINGS = STRINGS_INFERRED and getattr(STRING_DTYPE, "storage", None) == "pyarrow"
 
 
 def frame_of(columns: pd.Index, arrays: Sequence[Any], index: pd.Index) -> pd.DataFrame | None:
@@ -54,6 +57,15 @@ def frame_of(columns: pd.Index, arrays: Sequence[Any], index: pd.Index) -> pd.Da
         else:
             return None
     return create_dataframe_from_blocks(blocks, index=index, columns=columns)
+
+
+def strings(values: Sequence[str]) -> ExtensionArray:
+    """Python strings as the array pandas' constructor makes of them (its string dtype);
+    through pyarrow directly when that is its storage: half the time of `pd.array`."""
+    if _ARROW_STRINGS:
+        with contextlib.suppress(pa.ArrowException, UnicodeError):
+            return ArrowStringArray(pa.array(values, type=pa.large_string()), dtype=STRING_DTYPE)
+    return pd.array(values, dtype=STRING_DTYPE)
 
 
 @functools.lru_cache(maxsize=64)

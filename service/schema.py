@@ -151,7 +151,7 @@ def _string(column: pd.Series, field: Field) -> Any:
     """object values: str, or NaN where missing (an empty text is missing: CSV cannot tell
     them apart); numbers and booleans become their text."""
     if isinstance(column.dtype, pd.StringDtype):
-        if len(column) <= SMALL_ROWS and "" not in column.tolist():
+        if len(column) <= SMALL_ROWS and "" not in list(column.array):
             return column.array
         blank = column.eq("").to_numpy(dtype=bool, na_value=False)
         return (column.mask(blank) if blank.any() else column).array
@@ -192,7 +192,8 @@ def _datetime(column: pd.Series, field: Field) -> np.ndarray:
     if column.dtype.kind == "M":
         return column.to_numpy().astype(dtype)
     if len(column) <= SMALL_ROWS:
-        parsed = _small_datetimes(column.tolist(), dtype)
+        texts = isinstance(column.dtype, pd.StringDtype)
+        parsed = _small_datetimes(list(column.array) if texts else column.tolist(), dtype)
         if parsed is not None:
             return parsed
     text = column.map(_blank_as_none)
