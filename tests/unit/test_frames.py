@@ -1,0 +1,98 @@
+"""service/frames.py builds the frames pandas' constructor would, or declines."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from service import codecs
+from service.frames import column_index, frame_of, strings
+from service.schema import CONVERTERS, Field, conform
+
+KEPT = [
+    np.array([1.5, np.nan]),
+    np.array([1, -(2**63)], dtype=np.int64),
+    np.array([True, False]),
+    np.array(["2024-01-01T00:00:01", "NaT"], dtype="datetime64[s]"),
+    np.array(["2024-01-01T00:00:01.5", "NaT"], dtype="datetime64[ms]"),
+    np.array(["2024-01-01T00:00:01.000005", "NaT"], dtype="datetime64[us]"),
+    np.array(["2024-01-01T00:00:01.000000005", "NaT"], dtype="datetime64[ns]"),
+    pd.array(["a", None], dtype="str"),
+    pd.Categorical.from_codes([1, -1], categories=pd.Index(["x", "y"])),
+    pd.array([1, None], dtype="Int64"),
+    pd.array(pd.to_datetime(["2024-01-01", None]).tz_localize("UTC")),
+]
+
+
+@pytest.mark.parametrize("index", [pd.RangeIndex(2), pd.Index([7, 3])])
+def test_kept_arrays_make_the_constructors_frame(index):
+    names = column_index(tuple(f"c{i}" for i in range(len(KEPT))))
+    built = frame_of(names, KEPT, index)
+    expected = pd.DataFrame(dict(zip(names, KEPT, strict=True)), index=index, copy=False)
+    assert built is not None
+    pd.testing.assert_frame_equal(built, expected, check_exact=True)
+    assert built.dtypes.tolist() == expected.dtypes.tolist()
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.array(["a", "b"], dtype=object),
+        np.array([1.0, 2.0], dtype=np.float32),
+        np.array([1, 2], dtype=np.int32),
+        np.array([[1.0], [2.0]]),
+        pd.arrays.NumpyExtensionArray(np.array([1.0, 2.0])),  # pandas unwraps it
+        [1.0, 2.0],
+        np.array([1.0]),  # the wrong length
+    ],
+)
+def test_arrays_the_constructor_changes_are_declined(array):
+    assert frame_of(column_index(("a",)), [array], pd.RangeIndex(2)) is None
+
+
+def test_strings_are_pandas_strings():
+    for values in (["a", "b"], ["", "é"], ["x\x00y"]):
+        pd.testing.assert_extension_array_equal(
+            strings(values), pd.array(values, dtype=pd.Series(["t"]).dtype)
+        )
+
+
+MIXED = (
+    Field("amount", "number"),
+    Field("tenure", "integer"),
+    Field("plan", "string", ("basic", "plus", "pro")),
+    Field("kind", "category", ("a", "b")),
+    Field("active", "boolean"),
+    Field("signup", "datetime", unit="us"),
+)
+BODIES = [
+    b'[{"id": 1, "amount": 4.5, "tenure": 3, "plan": "pro", "kind": "a", "active": true,'
+    b' "signup": "2020-05-27T12:37:04"}]',
+    b'[{"id": 1, "amount": null, "tenure": 3.0, "plan": null, "kind": "zz", "active": "yes",'
+    b' "signup": "2020-05-27T12:37:04+02:00"},'
+    b' {"id": 2, "amount": 1, "tenure": null, "plan": "", "kind": null, "active": null,'
+    b' "signup": null}]',
+]
+
+
+@pytest.mark.parametrize("body", BODIES)
+def test_conform_gives_the_frame_pandas_built(body):
+    """The schema check's frame, against the one pandas' constructor made of the same
+    converted columns (what the schema check returned before service/frames.py)."""
+    frame = codecs.decode(body, codecs.JSON)
+    expected = pd.DataFrame(
+        {f.name: CONVERTERS[f.type](frame[f.name], f) for f in MIXED},
+        index=frame.index,
+        copy=False,
+    )
+    pd.testing.assert_frame_equal(conform(frame, MIXED), expected, check_exact=True)
+    csv = codecs.encode(frame, codecs.CSV)
+    from_csv = codecs.decode(csv, codecs.CSV)
+    pd.testing.assert_frame_equal(
+        conform(from_csv, MIXED),
+        pd.DataFrame(
+            {f.name: CONVERTERS[f.type](from_csv[f.name], f) for f in MIXED},
+            index=from_csv.index,
+            copy=False,
+        ),
+        check_exact=True,
+    )
