@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -215,8 +216,6 @@ def local_s3_storage(source: Path) -> dict[str, Any]:
     """Where the local S3 keeps the input: moto holds an object in a SpooledTemporaryFile of
     MOTO_S3_DEFAULT_KEY_BUFFER_SIZE bytes (5 MiB - 1 KiB) and spills a bigger one to a file
     under the temporary folder, so every GET of it reads that file (page cache or disk)."""
-    import os
-
     from moto import settings
 
     buffer = settings.get_s3_default_key_buffer_size()
@@ -232,6 +231,7 @@ def local_s3_storage(source: Path) -> dict[str, Any]:
 def record_ours(recorder: Recorder, figures: dict[str, float], rows: int, timing: dict) -> None:
     figures["ours"] = rows / timing["seconds"]
     figures["ours after upload"] = rows / timing["after_upload_seconds"]
+    figures["upload seconds"] = timing["upload_seconds"]
     recorder.add("1M rows: ours, upload to output", "rows/s", figures["ours"])
     recorder.add("1M rows: ours, input in S3 to output", "rows/s", figures["ours after upload"])
     recorder.add("1M rows: ours, input in S3 to output time", "s", timing["after_upload_seconds"])
@@ -280,6 +280,12 @@ def record_throughput_ratios(recorder: Recorder, figures: dict[str, float], rows
             figures["ours after upload"] / figures["limit"],
         )
     recorder.add("1M rows: limit time", "s", rows / figures["limit"])
+    bound_seconds = figures["upload seconds"] + rows / figures["limit"]
+    recorder.add(
+        "ratio 1M rows/s ours / bound (this round's upload, then the limit)",
+        "x",
+        figures["ours"] * bound_seconds / rows,
+    )
     if "worker total" in figures:
         limit_seconds = rows / figures["limit"]
         recorder.add(
@@ -531,7 +537,7 @@ def scaling(source: Path, rounds: int, recorder: Recorder, work: Path) -> None:
         for number in range(rounds):
             print(f"scaling round {number + 1}/{rounds}", flush=True)
             order = (1, 2) if number % 2 == 0 else (2, 1)
-            rates = {}
+            rates, busy_cpu = {}, {}
             for workers in order:
                 cloud = clouds[workers]
                 cloud.wait_no_workers(SCALING_IDLE_SECONDS + 60)
@@ -545,6 +551,7 @@ def scaling(source: Path, rounds: int, recorder: Recorder, work: Path) -> None:
                 for kind, cpu in sampler.totals().items():
                     recorder.add(f"{name}: CPU of {kind}", "s", cpu)
                 busy = sum(sampler.totals().values()) / seconds
+                busy_cpu[workers] = sum(sampler.totals().values()) + machine.client
                 recorder.add(f"{name}: cores busy with the local cloud", "cores", busy)
                 recorder.add(f"{name}: CPU of the client (this process)", "s", machine.client)
                 recorder.add(f"{name}: cores busy, whole machine", "cores", machine.busy / seconds)
@@ -553,9 +560,21 @@ def scaling(source: Path, rounds: int, recorder: Recorder, work: Path) -> None:
                 )
                 print(f"  MaxWorkers {workers}: {seconds:.1f} s, {busy:.2f} cores", flush=True)
             recorder.add("ratio throughput MaxWorkers 2 / 1", "x", rates[2] / rates[1])
+            bound = scaling_bound(rows / rates[1], busy_cpu[2])
+            recorder.add("bound of MaxWorkers 2 / 1 from this round's CPU", "x", bound)
+            recorder.add("ratio (MaxWorkers 2 / 1) / its bound", "x", rates[2] / rates[1] / bound)
     finally:
         for cloud in clouds.values():
             cloud.stop()
+
+
+def scaling_bound(one_worker_seconds: float, two_workers_cpu_seconds: float) -> float:
+    """The best MaxWorkers 2 / 1 speed-up this machine allows: two workers at most halve the
+    time, and the CPU seconds the two-worker run needed (workers, local cloud, client) cannot
+    take less than themselves divided by the machine's cores."""
+    cores = os.cpu_count() or 1
+    fastest = max(one_worker_seconds / 2, two_workers_cpu_seconds / cores)
+    return one_worker_seconds / fastest
 
 
 def upload_many(cloud: Cloud, source: Path, folder: str) -> float:

@@ -1,6 +1,6 @@
 """Runs Lambda invocations in one interpreter, as the AWS Python runtime does.
 
-Started by ``localcloud.lambda_runtime`` as ``python -P bootstrap.py --serve`` with the
+Started by ``localcloud.lambda_pool`` as ``python -P bootstrap.py --serve`` with the
 function's code folder as the working directory: it reads one request per line on stdin
 (``{"info": CONTEXT, "event": BASE64}``), runs the handler, and answers on stdout with a line
 holding ``RESULT_MARK`` and the outcome, after the handler's own output. Module globals

@@ -386,14 +386,8 @@ def deploy(
         raise DeployError(f"cannot read the template: {exc}") from exc
     given = stack_parameters(settings, template, store, console)
     auto = frozenset(name for name, value in given.items() if value == AUTO)
-    given = fill_auto_parameters(template, given, default_network(session.client("ec2")))
-    if settings.endpoint_port and ENDPOINT_URL_PARAMETER in template.get("Parameters", {}):
-        given[ENDPOINT_URL_PARAMETER] = f"http://{settings.host}:{settings.endpoint_port}"
     s3 = session.client("s3")
-    if settings.model:
-        given["ModelUri"] = _bundle_uri(
-            settings, s3, planned_model_bucket(settings, template, given)
-        )
+    given = _local_parameters(settings, session, s3, template, given)
     if not given.get("ModelUri"):
         example.start()
     _upload_code(settings, s3, given, console)
@@ -415,6 +409,25 @@ def deploy(
     ensure_example_model(s3, stack, example, console)
     store.save_stack(stack.name, stack.kept_parameters())
     return stack
+
+
+def _local_parameters(
+    settings: LocalCloudSettings,
+    session: Any,
+    s3: Any,
+    template: Mapping[str, Any],
+    given: Mapping[str, str],
+) -> dict[str, str]:
+    """The parameters with this machine's values: the default network for ``auto``, the
+    endpoint's host port, and the bundle given with ``--model``."""
+    local = fill_auto_parameters(template, given, default_network(session.client("ec2")))
+    if settings.endpoint_port and ENDPOINT_URL_PARAMETER in template.get("Parameters", {}):
+        local[ENDPOINT_URL_PARAMETER] = f"http://{settings.host}:{settings.endpoint_port}"
+    if settings.model:
+        local["ModelUri"] = _bundle_uri(
+            settings, s3, planned_model_bucket(settings, template, local)
+        )
+    return local
 
 
 def _upload_code(

@@ -199,97 +199,89 @@ MODEL_HEADERS = {
 }
 
 
+def _operation(operation_id: str, summary: str, responses: dict, **extra: Any) -> dict:
+    return {"summary": summary, "operationId": operation_id, **extra, "responses": responses}
+
+
+def _body(media_type: str, description: str, schema_type: str = "string") -> dict[str, Any]:
+    return {"description": description, "content": {media_type: {"schema": {"type": schema_type}}}}
+
+
+def _invocations(protected: dict[str, Any], protected_errors: tuple[str, ...]) -> dict[str, Any]:
+    accept = {
+        "name": "Accept",
+        "in": "header",
+        "required": False,
+        "description": "Answer type; JSON when absent or */*.",
+        "schema": {"type": "string", "enum": list(media.MEDIA_TYPES)},
+    }
+    predictions = {
+        "description": "Predictions in the negotiated type.",
+        "headers": MODEL_HEADERS,
+        "content": _prediction_content(),
+    }
+    return _operation(
+        "invocations",
+        "Predict: one output row (id, activation) per input row.",
+        {
+            "200": predictions,
+            **_errors("400", *protected_errors, "406", "413", "415", "422", "500", "503"),
+        },
+        **protected,
+        parameters=[accept],
+        requestBody={"required": True, "content": _request_content()},
+    )
+
+
+def _open_operations() -> dict[str, dict[str, Any]]:
+    """The GET operations that never ask for a key, by path."""
+    ping = "Readiness: 200 when a model is loaded and usable (SageMaker health check)."
+    version = "The service's version, as text (MLflow's client asks for it)."
+    return {
+        "/ping": _operation(
+            "ping",
+            ping,
+            {"200": _json("Status", "A model is loaded.", MODEL_HEADERS), **_errors("503")},
+        ),
+        "/execution-parameters": _operation(
+            "executionParameters",
+            "SageMaker batch transform parameters.",
+            {"200": _json("ExecutionParameters", "Parameters.")},
+        ),
+        "/health": _operation(
+            "health",
+            "Liveness: 200 while the process serves, model or not.",
+            {"200": _json("Status", "The process serves.")},
+        ),
+        "/version": _operation("version", version, {"200": _body(media.TEXT, "Version text.")}),
+        "/openapi.json": _operation(
+            "openapi", "This document.", {"200": _body(media.JSON, "OpenAPI 3 document.", "object")}
+        ),
+    }
+
+
+def _metrics(protected: dict[str, Any], protected_errors: tuple[str, ...]) -> dict[str, Any]:
+    text = _body(media.PROMETHEUS, "Prometheus text exposition format 0.0.4.")
+    return _operation(
+        "metrics",
+        "Prometheus metrics, summed over the server's processes.",
+        {"200": text, **_errors(*protected_errors)},
+        **protected,
+    )
+
+
 def _paths(security: list[dict[str, list]] | None) -> dict[str, Any]:
     protected = {"security": security} if security else {}
     protected_errors = ("401",) if security else ()
+    reads = _open_operations()
     return {
-        "/ping": {
-            "get": {
-                "summary": "Readiness: 200 when a model is loaded and usable (SageMaker health check).",
-                "operationId": "ping",
-                "responses": {
-                    "200": _json("Status", "A model is loaded.", MODEL_HEADERS),
-                    **_errors("503"),
-                },
-            }
-        },
-        "/invocations": {
-            "post": {
-                "summary": "Predict: one output row (id, activation) per input row.",
-                "operationId": "invocations",
-                **protected,
-                "parameters": [
-                    {
-                        "name": "Accept",
-                        "in": "header",
-                        "required": False,
-                        "description": "Answer type; JSON when absent or */*.",
-                        "schema": {"type": "string", "enum": list(media.MEDIA_TYPES)},
-                    }
-                ],
-                "requestBody": {"required": True, "content": _request_content()},
-                "responses": {
-                    "200": {
-                        "description": "Predictions in the negotiated type.",
-                        "headers": MODEL_HEADERS,
-                        "content": _prediction_content(),
-                    },
-                    **_errors("400", *protected_errors, "406", "413", "415", "422", "500", "503"),
-                },
-            }
-        },
-        "/execution-parameters": {
-            "get": {
-                "summary": "SageMaker batch transform parameters.",
-                "operationId": "executionParameters",
-                "responses": {"200": _json("ExecutionParameters", "Parameters.")},
-            }
-        },
-        "/health": {
-            "get": {
-                "summary": "Liveness: 200 while the process serves, model or not.",
-                "operationId": "health",
-                "responses": {"200": _json("Status", "The process serves.")},
-            }
-        },
-        "/metrics": {
-            "get": {
-                "summary": "Prometheus metrics, summed over the server's processes.",
-                "operationId": "metrics",
-                **protected,
-                "responses": {
-                    "200": {
-                        "description": "Prometheus text exposition format 0.0.4.",
-                        "content": {media.PROMETHEUS: {"schema": {"type": "string"}}},
-                    },
-                    **_errors(*protected_errors),
-                },
-            }
-        },
-        "/version": {
-            "get": {
-                "summary": "The service's version, as text (MLflow's client asks for it).",
-                "operationId": "version",
-                "responses": {
-                    "200": {
-                        "description": "Version text.",
-                        "content": {media.TEXT: {"schema": {"type": "string"}}},
-                    }
-                },
-            }
-        },
-        "/openapi.json": {
-            "get": {
-                "summary": "This document.",
-                "operationId": "openapi",
-                "responses": {
-                    "200": {
-                        "description": "OpenAPI 3 document.",
-                        "content": {media.JSON: {"schema": {"type": "object"}}},
-                    }
-                },
-            }
-        },
+        "/ping": {"get": reads["/ping"]},
+        "/invocations": {"post": _invocations(protected, protected_errors)},
+        "/execution-parameters": {"get": reads["/execution-parameters"]},
+        "/health": {"get": reads["/health"]},
+        "/metrics": {"get": _metrics(protected, protected_errors)},
+        "/version": {"get": reads["/version"]},
+        "/openapi.json": {"get": reads["/openapi.json"]},
     }
 
 

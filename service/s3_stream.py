@@ -90,7 +90,7 @@ class S3Input(io.RawIOBase):
         """The object's size; in random mode its last TAIL_BYTES come with it (one GET that
         also serves the reader's footer read)."""
         if self._size is None and self.sequential:
-            head = self._call(self.s3.head_object, **self._request)
+            head = _call(self.s3.head_object, **self._request)
             self._size = head["ContentLength"]
         elif self._size is None:
             self._read_tail()
@@ -99,7 +99,7 @@ class S3Input(io.RawIOBase):
 
     def _read_tail(self) -> None:
         try:
-            response = self._call(self.s3.get_object, **self._request, Range=f"bytes=-{TAIL_BYTES}")
+            response = _call(self.s3.get_object, **self._request, Range=f"bytes=-{TAIL_BYTES}")
         except ClientError as exc:
             if batch.error_code(exc) != "InvalidRange":
                 raise
@@ -198,7 +198,7 @@ class S3Input(io.RawIOBase):
             self._body, self._body_pos = io.BytesIO(), offset
             return
         resume = {"Range": f"bytes={offset}-"} if offset else {}
-        response = self._call(self.s3.get_object, **self._request, **resume)
+        response = _call(self.s3.get_object, **self._request, **resume)
         if self._size is None:
             self._size = offset + response["ContentLength"]
         self._body, self._body_pos = response["Body"], offset
@@ -240,14 +240,15 @@ class S3Input(io.RawIOBase):
     def get(self, offset: int, end: int | None = None) -> dict[str, Any]:
         """A GET of the announced version from `offset` (to `end`, exclusive, if given)."""
         last = "" if end is None else end - 1
-        return self._call(self.s3.get_object, **self._request, Range=f"bytes={offset}-{last}")
+        return _call(self.s3.get_object, **self._request, Range=f"bytes={offset}-{last}")
 
-    @staticmethod
-    def _call(method: Any, **request: Any) -> dict[str, Any]:
-        try:
-            return method(**request)
-        except ClientError as exc:
-            raise batch.input_error(exc) from exc
+
+def _call(method: Any, **request: Any) -> dict[str, Any]:
+    """An S3 call whose client error becomes the input error it means."""
+    try:
+        return method(**request)
+    except ClientError as exc:
+        raise batch.input_error(exc) from exc
 
 
 class _ForwardStream:

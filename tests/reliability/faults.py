@@ -16,14 +16,13 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
 
 import psutil
-import pytest
 
 from tests.e2e.cloud_process import (
     ENDPOINT_COMMAND,
@@ -342,22 +341,6 @@ def object_versions(s3: Any, bucket: str, prefix: str) -> dict[str, list[dict[st
         for version in page.get("Versions", []):
             found.setdefault(version["Key"], []).append(version)
     return found
-
-
-def retry_until(
-    attempt: Callable[[], bool], deadline: float, backoff: float = 0.05, most: float = 0.5
-) -> float:
-    """Seconds until ``attempt()`` is true, retrying with a doubling backoff; fail at the
-    deadline."""
-    started = time.monotonic()
-    pause = backoff
-    while not attempt():
-        elapsed = time.monotonic() - started
-        if elapsed >= deadline:
-            pytest.fail(f"not recovered within {deadline:g} s")
-        time.sleep(min(pause, deadline - elapsed))
-        pause = min(most, pause * 2)
-    return time.monotonic() - started
 
 
 # -- reading the cloud's console ----------------------------------------------------------

@@ -28,11 +28,12 @@ import psutil
 import pytest
 
 from localcloud.ecs_agent import QUICK_EXIT_SECONDS
+from localcloud.waiting import wait_until
 from service.artifacts import Bundle
 from service.model import predict
 from tests.e2e.batch_helpers import assert_same_predictions, load_served_bundle, to_jsonl
 from tests.e2e.cloud_process import LocalCloudProcess, Seen, wait_for
-from tests.reliability.faults import endpoint_parent, fault_cloud, retry_until, sigkill
+from tests.reliability.faults import endpoint_parent, fault_cloud, sigkill
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(300)]
 
@@ -100,7 +101,13 @@ def kill_and_recover(cloud: LocalCloudProcess, rows: pd.DataFrame, bundle: Bundl
     killed = time.monotonic()
     assert sigkill(victim)
     wait_for(lambda: not any(alive(p) for p in group), GONE_DEADLINE, "the killed task's processes")
-    retry_until(lambda: answers(cloud, rows, bundle), RECOVERY_DEADLINE)
+    wait_until(
+        lambda: answers(cloud, rows, bundle),
+        RECOVERY_DEADLINE,
+        "answers from the restarted endpoint",
+        backoff=2.0,
+        max_interval=0.5,
+    )
     seconds = time.monotonic() - killed
     return Restart(victim.pid, endpoint_parent(cloud).pid, round(seconds, 2))
 
