@@ -207,7 +207,13 @@ def decode_json(body: bytes, layout: Layout | None = None) -> Decoded:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         document = _json_with_nan(body, exc)
-    return frame_from_json(document, layout)
+    try:
+        return frame_from_json(document, layout)
+    except UnicodeEncodeError:  # an unpaired surrogate escape, which only json.loads lets by
+        raise MalformedBody(
+            "the JSON holds an unpaired surrogate escape (such as \\ud800), which is no text: "
+            "send valid Unicode"
+        ) from None
 
 
 def _json_with_nan(body: bytes, exc: orjson.JSONDecodeError) -> Any:

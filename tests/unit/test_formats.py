@@ -265,3 +265,12 @@ def test_answers_with_labels_booleans_datetimes_and_nulls_encode_in_every_type()
     }
     assert orjson.loads(lines[1])["id"] is None and orjson.loads(lines[1])["n"] is None
     assert codecs.encode(answer, codecs.CSV, header=False).count(b"\n") == 2
+
+
+def test_json_with_an_unpaired_surrogate_is_a_malformed_body():
+    """orjson refuses `"\\ud800"`; the fallback for NaN (json.loads) lets it by, and pandas
+    cannot store it: the client hears what to fix instead of a server error."""
+    body = b'[{"id": 1, "plan": "\\ud800", "amount": NaN}]'
+    for document in (body, body.replace(b', "amount": NaN', b"")):
+        with pytest.raises(MalformedBody, match="unpaired surrogate"):
+            codecs.read(document, codecs.JSON)
