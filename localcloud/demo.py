@@ -7,6 +7,7 @@ worker predicts it, then asks the endpoint about the same rows and prints both a
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import signal
@@ -61,11 +62,18 @@ def run_demo(settings: LocalCloudSettings, out: IO[str] | None = None, fresh: bo
             stack = cloud.start()
             return _demo(cloud, stack, out)
         except KeyboardInterrupt:
-            print("interrupted", file=out)
+            _say(out, "interrupted")
             return 130
         finally:
-            print("stopping the local cloud", file=out)
+            _say(out, "stopping the local cloud")
             cloud.stop()
+
+
+def _say(out: IO[str], text: str) -> None:
+    """A line that may not be readable any more (`demo | head` closed the pipe): the cloud
+    must stop all the same."""
+    with contextlib.suppress(OSError, ValueError):
+        print(text, file=out, flush=True)
 
 
 def _interrupt(_number: int, _frame: object) -> None:
