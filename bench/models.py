@@ -8,8 +8,9 @@
    estimator alone in this process (read the file, `predict_proba`, write id + score), A
    and B alternating; the ratio of rates per round.
 2. **endpoint**: single-row JSON requests to `python -m service serve` (one process, keep-
-   alive, one at a time) against `predict_proba` on the same row in this process; the
-   overhead (median latency minus median in-process time) per round.
+   alive, one at a time), each followed by `predict_proba` on the same row in this
+   process; the overhead (median of the per-pair differences) per round, with a minimal
+   raw-socket client (as wrk for the numeric bundle) and, beside it, with http.client.
 3. **numeric**: the four-artifact example bundle's `service.model.predict` on 1 and 1,000
    rows, this tree against `--before` (a git ref, default `main`: its `service/` exported
    to a temporary folder), each in its own subprocess, alternating; the ratio per round.
@@ -21,6 +22,7 @@ import argparse
 import http.client
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -99,30 +101,85 @@ def one_row_body(row: pd.DataFrame) -> bytes:
     ).encode()
 
 
+class RawClient:
+    """A minimal keep-alive HTTP/1.1 client: the request's bytes built once, the response
+    read up to its Content-Length. Python's http.client spends ~0.5 ms per request on its
+    own (header building, the email parser for the response's headers): the endpoint's
+    overhead is measured with this one, as wrk measures the numeric bundle's."""
+
+    def __init__(self, port: int, body: bytes) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        head = (
+            "POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        self.request = head.encode() + body
+
+    def post(self) -> bytes:
+        self.sock.sendall(self.request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += self._recv()
+        head, _, body = data.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200 "):
+            raise RuntimeError(f"the endpoint answered {head.splitlines()[0]!r}")
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        while len(body) < length:
+            body += self._recv()
+        return body
+
+    def _recv(self) -> bytes:
+        chunk = self.sock.recv(1 << 16)
+        if not chunk:
+            raise RuntimeError("the endpoint closed the connection")
+        return chunk
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 def paired_latencies(port: int, body: bytes, bundle: Any, row: pd.DataFrame, requests: int) -> dict:
     """Each endpoint request followed by one in-process predict_proba of the same row: the
-    per-pair difference tracks the machine's load as closely as two timings can. Also the
-    CPU seconds of both sides (less sensitive to other tenants than wall time)."""
+    per-pair difference tracks the machine's load as closely as two timings can. Each
+    round of the loop sends one request with the raw client and one with http.client
+    (which first alternates), each paired with its own predict_proba. Also the CPU
+    seconds of both sides (less sensitive to other tenants than wall time)."""
     features = row[list(bundle.input_columns)]
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    raw = RawClient(port, body)
     headers = {"Content-Type": "application/json"}
-    served, alone, own_cpu = [], [], 0.0
+
+    def library() -> None:
+        connection.request("POST", "/invocations", body, headers)
+        response = connection.getresponse()
+        response.read()
+        if response.status != 200:
+            raise RuntimeError(f"the endpoint answered {response.status}")
+
+    clients = {"served": raw.post, "served_http_client": library}
+    times: dict[str, list[float]] = {name: [] for name in (*clients, "alone", "alone_http_client")}
+    own_cpu = 0.0
     try:
-        for _ in range(requests):
-            started = time.perf_counter()
-            connection.request("POST", "/invocations", body, headers)
-            response = connection.getresponse()
-            response.read()
-            served.append(time.perf_counter() - started)
-            if response.status != 200:
-                raise RuntimeError(f"the endpoint answered {response.status}")
-            cpu, started = time.thread_time(), time.perf_counter()
-            bundle.model.predict_proba(features)
-            alone.append(time.perf_counter() - started)
-            own_cpu += time.thread_time() - cpu
+        for i in range(requests):
+            order = list(clients) if i % 2 == 0 else list(reversed(clients))
+            for name in order:
+                started = time.perf_counter()
+                clients[name]()
+                times[name].append(time.perf_counter() - started)
+                cpu, started = time.thread_time(), time.perf_counter()
+                bundle.model.predict_proba(features)
+                alone = "alone" if name == "served" else "alone_http_client"
+                times[alone].append(time.perf_counter() - started)
+                own_cpu += time.thread_time() - cpu
     finally:
         connection.close()
-    return {"served": served, "alone": alone, "alone_cpu": own_cpu / requests}
+        raw.close()
+    return {**times, "alone_cpu": own_cpu / (2 * requests)}
 
 
 def service_path_seconds(
@@ -243,14 +300,24 @@ def measure_endpoint(
         for _ in range(rounds):
             cpu = server.cpu_seconds()
             pairs = paired_latencies(port, body, bundle, row, requests)
-            server_cpu = (server.cpu_seconds() - cpu) / requests
+            server_cpu = (server.cpu_seconds() - cpu) / (2 * requests)
             served, alone = statistics.median(pairs["served"]), statistics.median(pairs["alone"])
             gaps = [a - b for a, b in zip(pairs["served"], pairs["alone"], strict=True)]
+            library_gaps = [
+                a - b
+                for a, b in zip(
+                    pairs["served_http_client"], pairs["alone_http_client"], strict=True
+                )
+            ]
             path = service_path_seconds(bundle, body, row, requests)
             for name, value in (
                 ("mixed endpoint: single-row latency (median)", served),
                 ("mixed in-process predict_proba, one row (median)", alone),
                 ("mixed endpoint: overhead, median of per-request gaps", statistics.median(gaps)),
+                (
+                    "mixed endpoint: overhead with http.client as the client",
+                    statistics.median(library_gaps),
+                ),
                 ("mixed endpoint: server CPU per request", server_cpu),
                 ("mixed in-process predict_proba CPU per call", pairs["alone_cpu"]),
                 (

@@ -423,6 +423,12 @@ def _columns_as_lists(frame: pd.DataFrame) -> tuple[list[str], list[list[Any]]]:
 
 
 def _record_list(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """The rows as dicts of Python values. A small frame's rows come from one object
+    matrix (the same values as each column's `tolist()`, at half the cost: no Series
+    per column)."""
+    if len(frame) <= SMALL_FRAME_ROWS:
+        names = [str(c) for c in frame.columns]
+        return [dict(zip(names, row, strict=True)) for row in frame.to_numpy(dtype=object).tolist()]
     names, columns = _columns_as_lists(frame)
     return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
 

@@ -1,6 +1,7 @@
 """service/frames.py builds the frames pandas' constructor would, or declines."""
 
 import numpy as np
+import orjson
 import pandas as pd
 import pytest
 
@@ -96,3 +97,38 @@ def test_conform_gives_the_frame_pandas_built(body):
         ),
         check_exact=True,
     )
+
+
+def _every_dtype(rows: int) -> pd.DataFrame:
+    half = rows // 2
+    return pd.DataFrame(
+        {
+            "i": np.arange(rows),
+            "f32": np.array([0.1, np.nan] * half, dtype=np.float32),
+            "i32": np.arange(rows, dtype=np.int32),
+            "u64": np.array([2**63 + 5, 1] * half, dtype=np.uint64),
+            "b": [True, False] * half,
+            "cat": pd.Categorical(["a", None] * half),
+            "s": pd.array(["x", None] * half, dtype="str"),
+            "dt": pd.to_datetime(["2020-01-01", None] * half),
+            "tz": pd.to_datetime(["2020-01-01", "2021-06-01"] * half).tz_localize("UTC"),
+            "I64": pd.array([1, None] * half, dtype="Int64"),
+            "bn": pd.array([True, None] * half, dtype="boolean"),
+            "td": pd.to_timedelta([1, 2] * half, unit="s"),
+            "o": np.array([{"a": 1}, None] * half, dtype=object),
+        }
+    )
+
+
+@pytest.mark.parametrize("media", [codecs.JSON, codecs.JSONLINES])
+def test_small_answers_encode_as_large_ones_do(media):
+    """The small-frame row path writes what the per-column path writes, for every dtype:
+    a large frame's answer starts with its first rows' answer, byte for byte."""
+    large = _every_dtype(2 * (codecs.SMALL_FRAME_ROWS + 1))
+    small = codecs.encode(large.head(codecs.SMALL_FRAME_ROWS), media)
+    whole = codecs.encode(large, media)
+    if media == codecs.JSON:
+        assert small.endswith(b"]}")
+        small = small[: -len(b"]}")]
+        assert orjson.loads(whole)["predictions"][0]["f32"] == pytest.approx(0.1)
+    assert whole.startswith(small)
