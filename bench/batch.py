@@ -50,6 +50,7 @@ MAIN_PARAMETERS = {"MaxWorkers": "2", "FilesPerWorker": "5", "IdleSeconds": "600
 OUTPUT_SECONDS = 900
 TIME = "/usr/bin/time"
 TIME_MARKER = "BENCH_MAXRSS_KIB="
+CPU_MARKER = "BENCH_CPU_SECONDS="
 
 
 def run(parts: list[str], rounds: int = 7) -> Recorder:
@@ -405,7 +406,8 @@ def run_worker_once(
     """
     started = time.monotonic()
     peak_kib = 0
-    wrapper = [TIME, "-f", f"{TIME_MARKER}%M"] if Path(TIME).exists() else []
+    time_format = f"{TIME_MARKER}%M\n{CPU_MARKER}%U %S"
+    wrapper = [TIME, "-f", time_format] if Path(TIME).exists() else []
     with log.open("wb") as out:
         process = subprocess.Popen(
             [*wrapper, sys.executable, "-m", "service", "worker"],
@@ -433,6 +435,8 @@ def run_worker_once(
     for line in text.splitlines():
         if line.startswith(TIME_MARKER):
             result["time_mib"] = int(line.removeprefix(TIME_MARKER)) / 1024
+        elif line.startswith(CPU_MARKER):
+            result["cpu_seconds"] = sum(map(float, line.removeprefix(CPU_MARKER).split()))
     return result
 
 
@@ -575,6 +579,14 @@ def scaling_bound(one_worker_seconds: float, two_workers_cpu_seconds: float) -> 
     cores = os.cpu_count() or 1
     fastest = max(one_worker_seconds / 2, two_workers_cpu_seconds / cores)
     return one_worker_seconds / fastest
+
+
+def stream_bound(limit_seconds: float, limit_cpu_seconds: float, cloud_cpu_seconds: float) -> float:
+    """The fewest seconds a worker can take from the input in S3 to the output here: the
+    in-process limit's time, and the CPU the limit's transform and the local S3's serving
+    of the same file need, on this machine's cores (on AWS, S3 runs elsewhere)."""
+    cores = os.cpu_count() or 1
+    return max(limit_seconds, (limit_cpu_seconds + cloud_cpu_seconds) / cores)
 
 
 def upload_many(cloud: Cloud, source: Path, folder: str) -> float:

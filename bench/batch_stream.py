@@ -7,7 +7,11 @@ each tree's worker (`python -m service worker` from this checkout, and from ever
 and the in-process limit (this tree's `transform_file`, local disk in and out) runs on the
 same file. Recorded per file and tree: the worker's own time for the file (its `file` log
 line: from taking the message, input in S3, to the output and report written), rows/s and
-its ratio to the same round's limit, and the process's peak RSS (VmHWM).
+its ratio to the same round's limit, and the process's peak RSS (VmHWM). Also the CPU
+seconds of the limit, of the worker and of the local cloud (its S3 serving the file)
+during the worker's run, and the worker's time over the bound they set on this machine's
+cores (`bench.batch.stream_bound`): the local S3 shares the cores with the worker here,
+which it does not on AWS.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from bench.batch import (
     datagen_rows,
     load_served_bundle,
     run_worker_once,
+    stream_bound,
     transform_locally,
 )
 from bench.cloud import REPO_ROOT, Cloud
@@ -46,6 +51,8 @@ def stream(
 ) -> None:
     trees = {"ours": REPO_ROOT, **compare}
     bundle = load_served_bundle(cloud)
+    cloud_process = cloud.process
+    assert cloud_process is not None
     s3, sqs = cloud.client("s3"), cloud.client("sqs")
     bucket = "bench-stream-input"
     s3.create_bucket(Bucket=bucket)
@@ -60,18 +67,25 @@ def stream(
         peaks: dict[str, dict[str, float]] = {label: {} for label in trees}
         for name in names:
             rows = datagen_rows(files[name])
-            started = time.monotonic()
+            started, cpu = time.monotonic(), time.process_time()
             transform_locally(files[name], work / "stream-limit.parquet", bundle)
-            limit = rows / (time.monotonic() - started)
+            limit_cpu = time.process_time() - cpu
+            limit_seconds = time.monotonic() - started
+            limit = rows / limit_seconds
             recorder.add(f"{name.upper()} rows: limit (in-process, local disk)", "rows/s", limit)
+            recorder.add(f"{name.upper()} rows: limit CPU", "s", limit_cpu)
             for label in labels:
                 sqs.send_message(QueueUrl=queue, MessageBody=json.dumps(messages[name]))
                 env = dict(environment, OUTPUT_PREFIX=f"bench-stream/{label}/r{number}")
                 env["PYTHONPATH"] = str(trees[label])
                 log = work / f"stream-{label}-{number}-{name}.log"
+                cloud_cpu = cloud_process.cpu_seconds()
                 result = run_worker_once(env, log, cwd=trees[label])
+                result["cloud_cpu_seconds"] = cloud_process.cpu_seconds() - cloud_cpu
                 line = _file_line(log)
                 speed = rows / float(line["seconds"])
+                bound = stream_bound(limit_seconds, limit_cpu, result["cloud_cpu_seconds"])
+                result["bound_ratio"] = bound / float(line["seconds"])
                 _record(recorder, f"{name.upper()} rows: {label}", speed, limit, result, line)
                 peaks[label][name] = result["peak_mib"]
                 print(
@@ -117,6 +131,14 @@ def _record(
     recorder.add(f"{prefix} worker, input in S3 to output", "rows/s", speed)
     recorder.add(f"{prefix} worker / limit", "x", speed / limit)
     recorder.add(f"{prefix} worker peak RSS", "MiB", result["peak_mib"])
+    recorder.add(
+        f"{prefix} local cloud CPU during the worker's run", "s", result["cloud_cpu_seconds"]
+    )
+    recorder.add(
+        f"{prefix} worker / bound (limit + local S3 CPU on the cores)", "x", result["bound_ratio"]
+    )
+    if "cpu_seconds" in result:
+        recorder.add(f"{prefix} worker CPU", "s", result["cpu_seconds"])
     for key, value in line.items():
         if key.endswith("_seconds"):
             recorder.add(f"{prefix} worker phase {key.removesuffix('_seconds')}", "s", value)
