@@ -13,7 +13,7 @@ import logging
 import pickle  # only ever applied to bytes whose sha256 the manifest vouches for
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -395,9 +395,15 @@ class ModelStore:
     leaves the old one serving and is recorded in `last_error`.
     """
 
-    def __init__(self, uri: str, poll_seconds: float = 10.0) -> None:
+    def __init__(
+        self,
+        uri: str,
+        poll_seconds: float = 10.0,
+        on_swap: Callable[[Bundle], None] | None = None,
+    ) -> None:
         self.uri = uri
         self.poll_seconds = poll_seconds
+        self.on_swap = on_swap
         self.current: Bundle | None = None
         self.last_error: str | None = None
         self.reloads = 0
@@ -448,6 +454,11 @@ class ModelStore:
             self.uri,
             f" (was version {previous.version})" if previous else "",
         )
+        if self.on_swap is not None:
+            try:
+                self.on_swap(bundle)
+            except Exception:  # the new bundle serves whatever the hook does
+                log.exception("after loading model %s version %s", bundle.name, bundle.version)
 
     def _record_failure(self, reason: str) -> None:
         if reason != self.last_error:

@@ -212,3 +212,26 @@ def test_skops_trusted_must_be_a_list_of_names(tmp_path):
 def test_requirements_must_be_a_mapping(tmp_path):
     with pytest.raises(ManifestError, match="requirements must map"):
         load_bundle(str(_pipeline_bundle(tmp_path, requirements=["lightgbm"])))
+
+
+def test_store_tells_its_hook_of_each_good_swap_only(bundle_dir, tmp_path, train_example):
+    folder = _copy(bundle_dir, tmp_path)
+    swapped = []
+    store = ModelStore(str(folder), poll_seconds=60, on_swap=swapped.append)
+    store.check_now()
+    assert [b.version for b in swapped] == ["1"]
+    manifest = _manifest(folder)
+    manifest["version"] = "2"
+    manifest["files"]["scaler"]["sha256"] = "0" * 64
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    store.check_now()
+    assert [b.version for b in swapped] == ["1"]  # a refused bundle is no swap
+
+
+def test_a_failing_swap_hook_leaves_the_new_bundle_serving(bundle_dir, tmp_path):
+    def broken(_bundle):
+        raise RuntimeError("hook failed")
+
+    store = ModelStore(str(_copy(bundle_dir, tmp_path)), poll_seconds=60, on_swap=broken)
+    assert store.check_now() is True
+    assert store.current is not None and store.last_error is None
