@@ -522,11 +522,14 @@ def decode(body: bytes, content_type: str | None) -> pd.DataFrame:
 
 
 @functools.lru_cache(maxsize=256)
-def negotiate(accept: str | None) -> str:
-    """The media type to answer with for this Accept header (JSON when it allows anything)."""
+def negotiate(accept: str | None, default: str = JSON) -> str:
+    """The media type to answer with for this Accept header: `default` when the header is
+    absent or allows it as much as any other (`*/*`), as SageMaker's toolkit does with
+    SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT."""
     if not accept or not accept.strip():
-        return JSON
-    best = parse_accept_header(accept, MIMEAccept).best_match(MEDIA_TYPES)
+        return default
+    offers = (default, *(media for media in MEDIA_TYPES if media != default))
+    best = parse_accept_header(accept, MIMEAccept).best_match(offers)
     if best is None:
         raise NotAcceptable(
             f"cannot answer with {accept!r}: accept one of {', '.join(MEDIA_TYPES)}"

@@ -212,7 +212,7 @@ def _invocations(protected: dict[str, Any], protected_errors: tuple[str, ...]) -
         "name": "Accept",
         "in": "header",
         "required": False,
-        "description": "Answer type; JSON when absent or */*.",
+        "description": "Answer type; DEFAULT_ACCEPT (JSON unless set) when absent or */*.",
         "schema": {"type": "string", "enum": list(media.MEDIA_TYPES)},
     }
     predictions = {

@@ -9,10 +9,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.errors import SettingsError
+from service.media import JSON, MEDIA_TYPES
 
 # SageMaker's inference toolkit variables (aws/sagemaker-inference-toolkit,
 # src/sagemaker_inference/parameters.py) and the setting each one sets. SageMaker
@@ -24,6 +25,7 @@ SAGEMAKER_VARIABLES = {
     "SAGEMAKER_MAX_PAYLOAD_IN_MB": "max_request_mb",
     "SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS": "timeout_seconds",
     "SAGEMAKER_MODEL_SERVER_TIMEOUT": "timeout_seconds",
+    "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "default_accept",
 }
 # Where SageMaker unpacks the model's ModelDataUrl (model.tar.gz): <base>/model, the
 # base being SAGEMAKER_BASE_DIR or /opt/ml (sagemaker_inference/environment.py).
@@ -91,6 +93,12 @@ class ServeSettings(CommonSettings):
         "(seconds > 0; SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS or "
         "SAGEMAKER_MODEL_SERVER_TIMEOUT wins when set).",
     )
+    default_accept: str = Field(
+        JSON,
+        description="The answer's media type when the request has no Accept header or "
+        f"allows any (*/*): one of {', '.join(MEDIA_TYPES)} "
+        "(SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT wins when set).",
+    )
     api_key: str | None = Field(
         None,
         description="When set, /invocations and /metrics require it in X-Api-Key or "
@@ -113,6 +121,14 @@ class ServeSettings(CommonSettings):
         description="Longest a batched request waits for the prediction in flight before "
         "it runs on its own (ms, 0-1000); a request alone never waits.",
     )
+
+    @field_validator("default_accept")
+    @classmethod
+    def _known_media_type(cls, value: str) -> str:
+        media_type = value.split(";", 1)[0].strip().lower()
+        if media_type not in MEDIA_TYPES:
+            raise ValueError(f"{value!r} is not a type the server writes")
+        return media_type
 
 
 class WorkerSettings(CommonSettings):

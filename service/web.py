@@ -85,6 +85,7 @@ class AppConfig:
     access_log: bool = False
     batch_max_rows: int = 0
     batch_wait_seconds: float = 0.002
+    default_accept: str = JSON
 
 
 def config_from_settings(settings: Any) -> AppConfig:
@@ -98,6 +99,7 @@ def config_from_settings(settings: Any) -> AppConfig:
         access_log=bool(getattr(settings, "access_log", False)),
         batch_max_rows=int(getattr(settings, "batch_max_rows", 0)),
         batch_wait_seconds=float(getattr(settings, "batch_wait_ms", 2.0)) / 1000,
+        default_accept=str(getattr(settings, "default_accept", JSON)),
     )
 
 
@@ -232,7 +234,7 @@ class App:
         bundle = self.store.current
         if bundle is None:
             raise self._no_model()
-        answer_type = codecs.negotiate(environ.get("HTTP_ACCEPT"))
+        answer_type = codecs.negotiate(environ.get("HTTP_ACCEPT"), self.config.default_accept)
         _refuse_content_encoding(environ.get("HTTP_CONTENT_ENCODING"))
         body = self.read_body(environ)
         rows = codecs.read(body, environ.get("CONTENT_TYPE"), self.layout(bundle))

@@ -68,12 +68,19 @@ def jsonlines_serializer(data: list) -> str:
 
 
 def invoke(
-    endpoint: EndpointServer, body: str | bytes, content_type: str, accept: str = "application/json"
+    endpoint: EndpointServer,
+    body: str | bytes,
+    content_type: str,
+    accept: str | None = "application/json",
 ) -> requests.Response:
+    """POST to /invocations; `accept=None` sends requests' own `Accept: */*`."""
+    headers = {"Content-Type": content_type}
+    if accept is not None:
+        headers["Accept"] = accept
     return requests.post(
         f"{endpoint.url}/invocations",
         data=body.encode() if isinstance(body, str) else body,
-        headers={"Content-Type": content_type, "Accept": accept},
+        headers=headers,
         timeout=30,
     )
 
@@ -216,7 +223,9 @@ def test_model_tar_gz_served_from_the_model_dir_on_the_bound_port(
 ) -> None:
     """scripts/package_model.py --tar writes model.tar.gz; SageMaker unpacks it into
     <SAGEMAKER_BASE_DIR>/model and starts `serve` with SAGEMAKER_BIND_TO_PORT and the
-    toolkit's variables (sagemaker_inference/parameters.py, environment.py), no MODEL_URI."""
+    toolkit's variables (sagemaker_inference/parameters.py, environment.py), no MODEL_URI;
+    SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT answers a request without Accept or with */*
+    (transformer.py)."""
     import pickle
     import subprocess
     import sys
@@ -259,6 +268,7 @@ def test_model_tar_gz_served_from_the_model_dir_on_the_bound_port(
         sagemaker_max_payload_in_mb=2,
     )
     server.env["SAGEMAKER_BIND_TO_PORT"] = str(server.port)
+    server.env["SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT"] = CSV
     try:
         server.start()
         assert requests.get(f"{server.url}/ping", timeout=10).json()["model"]["version"] == "7"
@@ -267,9 +277,13 @@ def test_model_tar_gz_served_from_the_model_dir_on_the_bound_port(
             == 2
         )
         assert "with 1 process " in server.log()
-        answer = invoke(server, csv_serializer(rows[list(bundle.input_columns)]), CSV, accept=CSV)
-        np.testing.assert_allclose(
-            [float(v) for v in answer.text.splitlines()], expected, rtol=0, atol=1e-12
-        )
+        body = csv_serializer(rows[list(bundle.input_columns)])
+        for accept in (CSV, None):  # None: a job that sets no Accept (the toolkit's default)
+            answer = invoke(server, body, CSV, accept=accept)
+            assert answer.headers["Content-Type"] == CSV
+            np.testing.assert_allclose(
+                [float(v) for v in answer.text.splitlines()], expected, rtol=0, atol=1e-12
+            )
+        assert invoke(server, body, CSV).headers["Content-Type"] == "application/json"
     finally:
         server.kill()

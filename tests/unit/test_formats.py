@@ -100,17 +100,24 @@ def test_jsonlines_names_the_broken_line():
 
 
 @pytest.mark.parametrize(
-    ("accept", "expected"),
+    ("accept", "default", "expected"),
     [
-        (None, codecs.JSON),
-        ("*/*", codecs.JSON),
-        ("text/csv", codecs.CSV),
-        ("text/csv;q=0.2, application/x-parquet", codecs.X_PARQUET),
-        ("application/*", codecs.JSON),
+        (None, codecs.JSON, codecs.JSON),
+        ("*/*", codecs.JSON, codecs.JSON),
+        ("text/csv", codecs.JSON, codecs.CSV),
+        ("text/csv;q=0.2, application/x-parquet", codecs.JSON, codecs.X_PARQUET),
+        ("application/*", codecs.JSON, codecs.JSON),
+        # a default answers what allows it as much as any other type
+        (None, codecs.CSV, codecs.CSV),
+        ("*/*", codecs.CSV, codecs.CSV),
+        ("text/*", codecs.CSV, codecs.CSV),
+        ("application/*", codecs.CSV, codecs.JSON),
+        ("application/jsonlines", codecs.CSV, codecs.JSONLINES),
+        ("text/csv;q=0.5, application/json", codecs.CSV, codecs.JSON),
     ],
 )
-def test_accept_negotiation(accept, expected):
-    assert codecs.negotiate(accept) == expected
+def test_accept_negotiation(accept, default, expected):
+    assert codecs.negotiate(accept, default) == expected
 
 
 def test_unproducible_accept_is_406():

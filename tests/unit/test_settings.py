@@ -130,6 +130,17 @@ def test_sagemaker_variables_set_ours_and_win(monkeypatch, tmp_path):
     assert load_settings(ServeSettings, env).timeout_seconds == 45.0
 
 
+def test_the_default_answer_type_is_a_type_the_server_writes():
+    env = {"MODEL_URI": "/m"}
+    assert load_settings(ServeSettings, env).default_accept == "application/json"
+    env["DEFAULT_ACCEPT"] = "application/jsonlines"
+    env["SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT"] = "Text/CSV; charset=utf-8"
+    assert load_settings(ServeSettings, env).default_accept == "text/csv"
+    env["SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT"] = "image/png"
+    with pytest.raises(SettingsError, match="'image/png' is not a type the server writes"):
+        load_settings(ServeSettings, env)
+
+
 def test_without_model_uri_serve_uses_the_model_sagemaker_unpacked(tmp_path):
     """<SAGEMAKER_BASE_DIR or /opt/ml>/model, as sagemaker_inference/environment.py says."""
     base = {"SAGEMAKER_BASE_DIR": str(tmp_path)}

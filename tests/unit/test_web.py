@@ -728,3 +728,29 @@ def test_metrics_label_values_are_escaped_and_long_errors_cut() -> None:
     )
     assert '\\"quote\\" \\\\ and\\nnewline' in line
     assert len(line) < 2000
+
+
+@pytest.mark.parametrize("accept", [None, "*/*"])
+def test_default_accept_answers_requests_that_name_no_type(
+    store: FakeStore, bundle: Bundle, accept: str | None
+) -> None:
+    """SageMaker batch transform sends headerless CSV and, unless the job sets Accept, no
+    Accept: with SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT=text/csv the answer is CSV lines, as
+    the inference toolkit's transformer.py gives for no Accept or */*."""
+    config = AppConfig(max_request_bytes=LIMIT, default_accept=codecs.CSV)
+    client = Client(create_app(store, config))
+    headers = {} if accept is None else {"Accept": accept}
+    response = client.post(
+        "/invocations", data=headerless_csv(FEATURES), content_type=codecs.CSV, headers=headers
+    )
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == codecs.CSV
+    lines = response.data.decode().splitlines()
+    np.testing.assert_allclose([float(v) for v in lines], expected(bundle), rtol=0, atol=1e-12)
+    named = client.post(
+        "/invocations",
+        data=headerless_csv(FEATURES),
+        content_type=codecs.CSV,
+        headers={"Accept": codecs.JSON},
+    )
+    assert named.headers["Content-Type"] == codecs.JSON
