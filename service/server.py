@@ -157,8 +157,10 @@ def settle_heap(_bundle: object = None) -> None:
     A full collection walks every tracked object: ~150,000 in a server with pandas and
     scikit-learn loaded, 50-90 ms during which the process answers nothing; it comes every
     few seconds under load and was the 60-80 ms stalls in the 1,000-row requests' tail
-    (bench/RESULTS.md). Frozen objects are still freed by reference counting; a reload
-    unfreezes first, so the old model's cycles are collected then.
+    (bench/RESULTS.md). Frozen objects are still freed by reference counting. Each load
+    unfreezes and collects first, so cycles of a model that was still referenced at the
+    last load (by requests in flight) are collected at the next one: at most one old
+    model's cyclic garbage waits, never an accumulation.
     """
     gc.unfreeze()
     gc.collect()
