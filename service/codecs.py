@@ -30,7 +30,16 @@ from service.errors import (
     UnsupportedMediaType,
 )
 from service.frames import STRINGS_INFERRED, column_index, frame_of, strings
-from service.media import CSV, JSON, JSONLINES, MEDIA_TYPES, NDJSON, PARQUET, X_PARQUET
+from service.media import (
+    CSV,
+    JSON,
+    JSONLINES,
+    MEDIA_TYPES,
+    NDJSON,
+    PARQUET,
+    X_PARQUET,
+    media_type,
+)
 
 ARROW_ERRORS = (pa.ArrowException, OSError, ValueError)
 JSON_SHAPES_HELP = (
@@ -495,11 +504,6 @@ CODECS: dict[str, Codec] = {
     NDJSON: _JSONLINES_CODEC,
 }
 assert tuple(CODECS) == MEDIA_TYPES, "service/media.py lists the media types, JSON first"
-
-
-def media_type(content_type: str | None) -> str:
-    """`text/csv; charset=utf-8` -> `text/csv`."""
-    return (content_type or "").split(";", 1)[0].strip().lower()
 
 
 def read(body: bytes, content_type: str | None, layout: Layout | None = None) -> Decoded:

@@ -14,3 +14,8 @@ MEDIA_TYPES = (JSON, PARQUET, X_PARQUET, CSV, JSONLINES, NDJSON)
 
 PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 TEXT = "text/plain; charset=utf-8"
+
+
+def media_type(content_type: str | None) -> str:
+    """`text/csv; charset=utf-8` -> `text/csv`."""
+    return (content_type or "").split(";", 1)[0].strip().lower()

@@ -13,7 +13,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.errors import SettingsError
-from service.media import JSON, MEDIA_TYPES
+from service.media import JSON, MEDIA_TYPES, media_type
 
 # SageMaker's inference toolkit variables (aws/sagemaker-inference-toolkit,
 # src/sagemaker_inference/parameters.py) and the setting each one sets. SageMaker
@@ -125,10 +125,10 @@ class ServeSettings(CommonSettings):
     @field_validator("default_accept")
     @classmethod
     def _known_media_type(cls, value: str) -> str:
-        media_type = value.split(";", 1)[0].strip().lower()
-        if media_type not in MEDIA_TYPES:
+        kind = media_type(value)
+        if kind not in MEDIA_TYPES:
             raise ValueError(f"{value!r} is not a type the server writes")
-        return media_type
+        return kind
 
 
 class WorkerSettings(CommonSettings):
