@@ -8,9 +8,10 @@
    estimator alone in this process (read the file, `predict_proba`, write id + score), A
    and B alternating; the ratio of rates per round.
 2. **endpoint**: single-row JSON requests to `python -m service serve` (one process, keep-
-   alive, one at a time), each followed by `predict_proba` on the same row in this
+   alive, one at a time), each followed by `predict_proba` on the same row in the client's
    process; the overhead (median of the per-pair differences) per round, with a minimal
    raw-socket client (as wrk for the numeric bundle) and, beside it, with http.client.
+   Every round has a new server and a new client process.
 3. **numeric**: the four-artifact example bundle's `service.model.predict` on 1 and 1,000
    rows, this tree against `--before` (a git ref, default `main`: its `service/` exported
    to a temporary folder), each in its own subprocess, alternating; the ratio per round.
@@ -34,11 +35,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.endpoint import per_call
+from bench.load import run_wrk
 from bench.processes import Managed, free_port, http_status, install_cleanup, stop_all
 from bench.stats import Recorder
 from localcloud.waiting import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
+WRK_SECONDS = 5.0
 sys.path.insert(0, str(REPO / "scripts"))
 
 
@@ -285,51 +289,91 @@ def measure_batch(recorder: Recorder, folder: Path, bundle: Any, rows: int, roun
         recorder.add("mixed batch: worker / estimator (paired)", "x", result["ratio"])
 
 
-def measure_endpoint(
-    recorder: Recorder, folder: Path, bundle_dir: Path, bundle: Any, requests: int, rounds: int
-) -> None:
+def endpoint_round(port: int, bundle_dir: str, requests: int, server_pids: list[int]) -> dict:
+    """One round's client, run in a fresh process (`measure_endpoint`): warm-up, then the
+    paired requests, then the no-HTTP path; times in seconds."""
     import examples
+    import psutil
 
+    from service.artifacts import load_bundle
+
+    bundle = load_bundle(bundle_dir)
     row = examples.sample_rows("mixed", 1, seed=4)
     body = one_row_body(row)
-    server, port = start_endpoint(bundle_dir, folder)
-    try:
-        paired_latencies(port, body, bundle, row, 50)  # warm-up
-        for _ in range(rounds):
-            cpu = server.cpu_seconds()
-            pairs = paired_latencies(port, body, bundle, row, requests)
-            server_cpu = (server.cpu_seconds() - cpu) / (2 * requests)
-            served, alone = statistics.median(pairs["served"]), statistics.median(pairs["alone"])
-            gaps = [a - b for a, b in zip(pairs["served"], pairs["alone"], strict=True)]
-            library_gaps = [
-                a - b
-                for a, b in zip(
-                    pairs["served_http_client"], pairs["alone_http_client"], strict=True
-                )
-            ]
-            path = service_path_seconds(bundle, body, row, requests)
-            for name, value in (
-                ("mixed endpoint: single-row latency (median)", served),
-                ("mixed in-process predict_proba, one row (median)", alone),
-                ("mixed endpoint: overhead, median of per-request gaps", statistics.median(gaps)),
-                (
-                    "mixed endpoint: overhead with http.client as the client",
-                    statistics.median(library_gaps),
-                ),
-                ("mixed endpoint: server CPU per request", server_cpu),
-                ("mixed in-process predict_proba CPU per call", pairs["alone_cpu"]),
-                (
-                    "mixed endpoint: CPU overhead (server - in-process)",
-                    server_cpu - pairs["alone_cpu"],
-                ),
-                (
-                    "mixed no-HTTP decode+predict+encode minus predict_proba",
-                    path["ours"] - path["alone"],
-                ),
-            ):
-                recorder.add(name, "ms", value * 1e3)
-    finally:
-        server.stop()
+    paired_latencies(port, body, bundle, row, 50)  # warm-up
+    server = [psutil.Process(pid) for pid in server_pids]
+    cpu = sum(sum(p.cpu_times()[:2]) for p in server)
+    pairs = paired_latencies(port, body, bundle, row, requests)
+    server_cpu = (sum(sum(p.cpu_times()[:2]) for p in server) - cpu) / (2 * requests)
+    path = service_path_seconds(bundle, body, row, requests)
+    features = row[list(bundle.input_columns)]
+    hot, _ = per_call(lambda: bundle.model.predict_proba(features), 100, blocks=5)
+    return {
+        "mixed endpoint: single-row latency (median)": statistics.median(pairs["served"]),
+        "mixed in-process predict_proba, one row (median)": statistics.median(pairs["alone"]),
+        "mixed endpoint: overhead, median of per-request gaps": _median_gap(
+            pairs["served"], pairs["alone"]
+        ),
+        "mixed endpoint: overhead with http.client as the client": _median_gap(
+            pairs["served_http_client"], pairs["alone_http_client"]
+        ),
+        "mixed endpoint: server CPU per request": server_cpu,
+        "mixed in-process predict_proba CPU per call": pairs["alone_cpu"],
+        "mixed endpoint: CPU overhead (server - in-process)": server_cpu - pairs["alone_cpu"],
+        "mixed no-HTTP decode+predict+encode minus predict_proba": path["ours"] - path["alone"],
+        "mixed in-process predict_proba, one row, back to back": hot,
+    }
+
+
+def _median_gap(served: list[float], alone: list[float]) -> float:
+    return statistics.median(a - b for a, b in zip(served, alone, strict=True))
+
+
+ENDPOINT_CHILD = """
+import json, sys
+sys.path[:0] = [sys.argv[1], sys.argv[1] + "/scripts"]
+from bench.models import endpoint_round
+pids = [int(pid) for pid in sys.argv[5].split(",")]
+print(json.dumps(endpoint_round(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), pids)))
+"""
+
+
+def measure_endpoint(
+    recorder: Recorder, folder: Path, bundle_dir: Path, requests: int, rounds: int
+) -> None:
+    """Each round starts a new server and a new client process. The overhead differs more
+    between one pair of processes and the next (0.72-1.2 ms here) than between rounds of
+    the same pair (~0.1 ms), so a new pair per round makes the median over rounds one
+    over processes too, not the luck of a single pair.
+
+    Besides the paired figure, wrk (one connection, as for the numeric bundle) against the
+    same server, minus `predict_proba` called back to back in the client's process: the
+    Python client spends ~0.15 ms of CPU per request of its own, which wrk does not."""
+    import examples
+
+    body = folder / "mixed-row.json"
+    body.write_bytes(one_row_body(examples.sample_rows("mixed", 1, seed=4)))
+    for _ in range(rounds):
+        server, port = start_endpoint(bundle_dir, folder)
+        try:
+            pids = ",".join(str(process.pid) for process in server.tree())
+            command = [sys.executable, "-c", ENDPOINT_CHILD, str(REPO), str(port)]
+            command += [str(bundle_dir), str(requests), pids]
+            child = subprocess.run(command, capture_output=True, text=True)
+            url = f"http://127.0.0.1:{port}/invocations"
+            wrk = run_wrk(url, body, "application/json", 1, WRK_SECONDS, keep_alive=True)
+        finally:
+            server.stop()
+        if child.returncode != 0:
+            raise RuntimeError(f"the endpoint round's client failed:\n{child.stderr[-2000:]}")
+        figures = json.loads(child.stdout.splitlines()[-1])
+        figures["mixed endpoint: wrk c1 p50"] = wrk["p50_raw_us"] / 1e6
+        figures["mixed endpoint: overhead, wrk c1 p50 minus predict_proba back to back"] = (
+            wrk["p50_raw_us"] / 1e6
+            - figures["mixed in-process predict_proba, one row, back to back"]
+        )
+        for name, seconds in figures.items():
+            recorder.add(name, "ms", seconds * 1e3)
 
 
 def measure_numeric(recorder: Recorder, folder: Path, before: str, rounds: int) -> None:
@@ -366,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
             if "batch" in parts:
                 measure_batch(recorder, folder, bundle, args.rows, args.rounds)
             if "endpoint" in parts:
-                measure_endpoint(recorder, folder, bundle_dir, bundle, args.requests, args.rounds)
+                measure_endpoint(recorder, folder, bundle_dir, args.requests, args.rounds)
             if "numeric" in parts:
                 measure_numeric(recorder, folder, args.before, args.rounds)
         finally:
