@@ -281,3 +281,17 @@ def test_json_with_an_unpaired_surrogate_is_a_malformed_body():
     for document in (body, body.replace(b', "amount": NaN', b"")):
         with pytest.raises(MalformedBody, match="unpaired surrogate"):
             codecs.read(document, codecs.JSON)
+
+
+@pytest.mark.parametrize("threaded_from", [0, 1 << 40], ids=["threads", "one thread"])
+def test_parquet_body_reads_the_same_with_and_without_threads(
+    sample_frame, monkeypatch, threaded_from
+):
+    """Small bodies are read on one thread, big ones with Arrow's pool: same frame."""
+    frame = sample_frame.assign(
+        when=pd.Timestamp("2024-01-02T03:04:05Z"), label="a", flag=True, count=7
+    )
+    sink = io.BytesIO()
+    frame.to_parquet(sink, index=False)
+    monkeypatch.setattr(codecs, "THREADED_PARQUET_BYTES", threaded_from)
+    pd.testing.assert_frame_equal(codecs.decode(sink.getvalue(), codecs.PARQUET), frame)
