@@ -110,8 +110,8 @@ def _arrow_reason(exc: BaseException) -> str:
 
 
 PARQUET_MAGIC = b"PAR1"
-THREADED_PARQUET_BYTES = 8 << 20
 GZIP_MAGIC = b"\x1f\x8b"
+THREADED_PARQUET_BYTES = 8 << 20  # smaller parquet bodies are read on one thread
 
 
 def _is_parquet(head: bytes, tail: bytes) -> bool:
