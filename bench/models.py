@@ -10,8 +10,9 @@
 2. **endpoint**: single-row JSON requests to `python -m service serve` (one process, keep-
    alive, one at a time), each followed by `predict_proba` on the same row in the client's
    process; the overhead (median of the per-pair differences) per round, with a minimal
-   raw-socket client (as wrk for the numeric bundle) and, beside it, with http.client.
-   Every round has a new server and a new client process.
+   raw-socket client and, beside it, with http.client; and wrk (one connection) against
+   the same server, minus `predict_proba` back to back. Every round has a new server and a
+   new client process.
 3. **numeric**: the four-artifact example bundle's `service.model.predict` on 1 and 1,000
    rows, this tree against `--before` (a git ref, default `main`: its `service/` exported
    to a temporary folder), each in its own subprocess, alternating; the ratio per round.
