@@ -30,7 +30,7 @@ from service.errors import (
     ServiceError,
     UnsupportedMediaType,
 )
-from service.frames import STRINGS_INFERRED, column_index, frame_of, strings
+from service.frames import STRINGS_INFERRED, column_index, frame_of_values
 from service.media import (
     CSV,
     JSON,
@@ -342,33 +342,35 @@ def _small_frame(columns: list[str], data: list[list[Any]]) -> pd.DataFrame | No
     """
     if not data or len(data) > SMALL_FRAME_ROWS or not columns:
         return None
-    arrays = []
-    for values in zip(*data, strict=True):
-        array = _small_column(values)
-        if array is None:
+    values = list(zip(*data, strict=True))
+    dtypes = []
+    for column in values:
+        dtype = _small_dtype(column)
+        if dtype is _DECLINED:
             return None
-        arrays.append(array)
-    return frame_of(column_index(tuple(columns)), arrays, pd.RangeIndex(len(data)))
+        dtypes.append(dtype)
+    return frame_of_values(column_index(tuple(columns)), values, dtypes)
 
 
-def _small_column(values: tuple[Any, ...]) -> Any:
-    """One column's values as the array pandas' constructor makes of them, or None."""
+_DECLINED = np.dtype(object)
+_FLOAT64, _INT64, _BOOL = np.dtype(np.float64), np.dtype(np.int64), np.dtype(np.bool_)
+
+
+def _small_dtype(values: tuple[Any, ...]) -> np.dtype | None:
+    """The numpy dtype pandas' constructor gives one column's values, None for its string
+    dtype, or _DECLINED when the constructor's own rules apply."""
     kind = frozenset(map(type, values))
     if kind == _ONLY_STR:
-        return strings(values) if STRINGS_INFERRED else None
+        return None if STRINGS_INFERRED else _DECLINED
     if kind == _ONLY_BOOL:
-        return np.array(values, dtype=np.bool_)
+        return _BOOL
     if not kind <= _NUMBER_TYPES or kind == _ONLY_NONE:
-        return None
-    if kind == _ONLY_INT:
-        if min(values) < _INT64_MIN or max(values) > _INT64_MAX:
-            return None
-        return np.array(values, dtype=np.int64)
+        return _DECLINED
     if int in kind:
-        integers = [value for value in values if type(value) is int]
+        integers = values if kind == _ONLY_INT else [v for v in values if type(v) is int]
         if min(integers) < _INT64_MIN or max(integers) > _INT64_MAX:
-            return None
-    return np.array(values, dtype=np.float64)
+            return _DECLINED
+    return _INT64 if kind == _ONLY_INT else _FLOAT64
 
 
 def _small_records_frame(records: list[dict[Any, Any]]) -> pd.DataFrame | None:

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from service import codecs
-from service.frames import column_index, frame_of, strings
+from service.frames import column_index, frame_of, frame_of_values, strings
 from service.schema import CONVERTERS, Field, conform
 
 KEPT = [
@@ -32,6 +32,22 @@ def test_kept_arrays_make_the_constructors_frame(index):
     assert built is not None
     pd.testing.assert_frame_equal(built, expected, check_exact=True)
     assert built.dtypes.tolist() == expected.dtypes.tolist()
+
+
+def test_decoded_columns_of_one_dtype_share_a_block_in_their_places():
+    """Rows as a decoder holds them make the constructor's frame, each column in its place."""
+    rows = [[1.5, 1, 3.5, "a", 7, -0.0, True], [2.5, 2, None, "b", 8, 9.0, False]]
+    columns = list("abcdefg")
+    values = list(zip(*rows, strict=True))
+    dtypes = [np.dtype(t) for t in ("float64", "int64", "float64")] + [None]
+    dtypes += [np.dtype(t) for t in ("int64", "float64", "bool")]
+    built = frame_of_values(column_index(tuple(columns)), values, dtypes)
+    expected = pd.DataFrame(rows, columns=columns)
+    pd.testing.assert_frame_equal(built, expected, check_exact=True)
+    numeric = ["a", "b", "c", "e", "f"]
+    np.testing.assert_array_equal(built[numeric].to_numpy(), expected[numeric].to_numpy())
+    built.loc[0, "c"] = 0.25  # a block shared by columns is still written column by column
+    assert built["a"].tolist() == [1.5, 2.5] and built["f"].tolist() == [-0.0, 9.0]
 
 
 @pytest.mark.parametrize(
