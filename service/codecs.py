@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from werkzeug.datastructures import MIMEAccept
 from werkzeug.http import parse_accept_header
 
+from service import csv_rows
 from service.errors import (
     InvalidData,
     MalformedBody,
@@ -77,7 +78,7 @@ class Layout(NamedTuple):
         """Positional columns named; rows without an id get their position as id (the
         answer then leaves it out)."""
         names, ids = self.names(frame.shape[1], where)
-        frame.columns = pd.Index(names)
+        frame.columns = column_index(tuple(names))
         if not ids:
             frame.insert(0, self.id_column, np.arange(len(frame)))
         return Decoded(frame, header=False, ids=ids)
@@ -155,6 +156,20 @@ def decode_csv(body: bytes, layout: Layout | None = None) -> Decoded:
     (without a layout, always), otherwise every line is a row of positional values."""
     _refuse_binary(body, "CSV")
     header = layout is None or _names_a_column(body, layout)
+    small = csv_rows.read(body, header)
+    frame = _arrow_csv_frame(body, header) if small is None else _small_csv_frame(small)
+    if header:
+        return Decoded(frame)
+    assert layout is not None
+    return layout.name(frame, "each CSV line")
+
+
+def _small_csv_frame(small: csv_rows.Columns) -> pd.DataFrame:
+    names = small.names or [f"f{i}" for i in range(len(small.values))]  # as Arrow names them
+    return frame_of_values(column_index(tuple(names)), small.values, small.dtypes)
+
+
+def _arrow_csv_frame(body: bytes, header: bool) -> pd.DataFrame:
     if not header and not body.endswith(b"\n"):
         body += b"\n"  # Arrow finds no columns in one headerless line without an end
     options = pacsv.ReadOptions(autogenerate_column_names=not header)
@@ -162,11 +177,7 @@ def decode_csv(body: bytes, layout: Layout | None = None) -> Decoded:
         table = pacsv.read_csv(pa.BufferReader(body), read_options=options)
     except ARROW_ERRORS as exc:
         raise csv_error(exc) from None
-    frame = _csv_frame(table)
-    if header:
-        return Decoded(frame)
-    assert layout is not None
-    return layout.name(frame, "each CSV line")
+    return _csv_frame(table)
 
 
 def _names_a_column(body: bytes, layout: Layout) -> bool:
