@@ -324,7 +324,9 @@ def _split(value: Any) -> pd.DataFrame:
     if not all(isinstance(c, str) for c in columns) or len(set(columns)) != len(columns):
         raise MalformedBody('dataframe_split "columns" must be distinct strings')
     fast = _small_frame(columns, data)
-    return pd.DataFrame(data, columns=columns) if fast is None else fast
+    if fast is None:  # a shared Index: its checks (is_unique, ...) are done once
+        return pd.DataFrame(data, columns=column_index(tuple(columns)))
+    return fast
 
 
 # A few rows of plain values (the usual real-time request) skip pandas' general

@@ -21,6 +21,7 @@ from service.errors import InvalidData
 
 EXAMPLE_VALUES = 3
 SMALL_FRAME_ROWS = 4096
+FEW_ROWS = 64  # up to here, a frame with text costs little to turn into objects
 
 
 def numeric_features(frame: pd.DataFrame, bundle: Bundle) -> np.ndarray:
@@ -67,7 +68,13 @@ def _is_plain_standard_scaler(scaler: Any, width: int) -> bool:
 def _feature_matrix(frame: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
     """The columns as one float64 matrix; small all-numeric frames take a fast path
     (pandas' label selection costs more than the model on a single row)."""
-    if len(frame) <= SMALL_FRAME_ROWS and all(_is_number_kind(t) for t in frame.dtypes):
+    rows = len(frame)
+    if rows <= FEW_ROWS:  # numbers only give a numeric matrix: cheaper than .dtypes
+        common = frame.to_numpy()
+        if common.dtype.kind in "biuf":
+            positions = _positions(tuple(frame.columns.tolist()), columns)
+            return common.astype(np.float64, copy=False)[:, positions]
+    elif rows <= SMALL_FRAME_ROWS and all(_is_number_kind(t) for t in frame.dtypes):
         positions = _positions(tuple(frame.columns.tolist()), columns)
         return frame.to_numpy(dtype=np.float64, na_value=np.nan)[:, positions]
     selected = frame[list(columns)]

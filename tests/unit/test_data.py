@@ -1,6 +1,7 @@
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -72,3 +73,43 @@ def test_prepare_data_pipeline_gives_the_schema_columns_in_order(tmp_path):
     prepared = prepare_data(rows[rows.columns[::-1]].assign(extra=1), bundle)
     assert tuple(prepared.columns) == bundle.input_columns
     assert prepared["signup"].dtype == np.dtype("datetime64[us]")
+
+
+_KINDS = {
+    "float": lambda n: np.linspace(-1.5, 2.5, n),
+    "nan": lambda n: np.where(np.arange(n) % 2 == 0, np.nan, 1.25),
+    "int": lambda n: np.arange(n, dtype=np.int64) - 3,
+    "uint": lambda n: np.full(n, 2**63 + 11, dtype=np.uint64),
+    "bool": lambda n: np.arange(n) % 3 == 0,
+    "Int64": lambda n: pd.array([None, *range(n - 1)], dtype="Int64"),
+    "Float64": lambda n: pd.array([0.5] * (n - 1) + [None], dtype="Float64"),
+    "text": lambda n: pd.array(["2.5"] * n, dtype="str"),
+}
+
+
+@pytest.mark.parametrize("rows", [1, features.FEW_ROWS, features.FEW_ROWS + 1, 5000])
+@pytest.mark.parametrize(
+    "kinds",
+    [
+        ("float", "int"),
+        ("float", "nan", "bool"),
+        ("int", "uint"),
+        ("Int64", "float"),
+        ("Float64", "int"),
+        ("text", "float"),
+        ("bool",),
+        ("int", "bool"),
+    ],
+)
+def test_the_feature_matrix_is_pandas_numbers_whatever_the_dtypes(rows, kinds):
+    """Every path to the matrix (few rows, small all-numeric, per column) gives what
+    pandas' own numeric conversion gives, column by column, in the asked order."""
+    frame = pd.DataFrame({f"{kind}{i}": _KINDS[kind](rows) for i, kind in enumerate(kinds)})
+    frame.insert(0, "id", np.arange(rows))
+    wanted = tuple(reversed(frame.columns[1:].tolist()))
+    expected = np.column_stack(
+        [pd.to_numeric(frame[c]).to_numpy(dtype=np.float64, na_value=np.nan) for c in wanted]
+    )
+    got = features._feature_matrix(frame, wanted)
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, expected)
