@@ -295,3 +295,39 @@ def test_parquet_body_reads_the_same_with_and_without_threads(
     frame.to_parquet(sink, index=False)
     monkeypatch.setattr(codecs, "THREADED_PARQUET_BYTES", threaded_from)
     pd.testing.assert_frame_equal(codecs.decode(sink.getvalue(), codecs.PARQUET), frame)
+
+
+_NUMBER_COLUMNS = {
+    "float64": st.floats(allow_subnormal=True),
+    "float32": st.floats(width=32),
+    "int64": st.integers(-(2**63), 2**63 - 1),
+    "uint64": st.integers(0, 2**64 - 1),
+    "int32": st.integers(-(2**31), 2**31 - 1),
+    "bool": st.booleans(),
+}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.sampled_from(sorted(_NUMBER_COLUMNS)), min_size=1, max_size=4),
+    st.integers(codecs.SMALL_FRAME_ROWS + 1, 200),
+    st.data(),
+)
+def test_many_rows_of_numbers_encode_as_orjson_writes_their_dicts(dtypes, rows, data):
+    """The column-wise JSON of a large numeric answer, against orjson writing each row's
+    dict (NaN and infinities as null, -0.0, 2**64 - 1, float32 as Python floats)."""
+    frame = pd.DataFrame(
+        {
+            f"c{i}": np.array(
+                data.draw(st.lists(_NUMBER_COLUMNS[d], min_size=rows, max_size=rows)), dtype=d
+            )
+            for i, d in enumerate(dtypes)
+        }
+    )
+    records = [
+        {f"c{i}": value for i, value in enumerate(row)}
+        for row in zip(*(frame[c].tolist() for c in frame), strict=True)
+    ]
+    assert codecs.encode(frame, codecs.JSON) == orjson.dumps({"predictions": records})
+    lines = b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in records)
+    assert codecs.encode(frame, codecs.JSONLINES) == lines
