@@ -59,6 +59,20 @@ def test_missing_columns_are_all_listed(bundle, sample_frame):
     assert caught.value.status == 422
 
 
+def test_columns_are_checked_again_for_every_other_index(bundle, sample_frame):
+    """A frame sharing a passing frame's Index passes; a frame lacking a column, or naming
+    one twice, fails whatever passed before it."""
+    first = sample_frame.head(2)
+    predict(bundle, first)
+    predict(bundle, sample_frame.iloc[2:4].set_axis(first.columns, axis=1))
+    with pytest.raises(InvalidData, match="missing columns: mean_radius"):
+        predict(bundle, first.drop(columns=["mean_radius"]))
+    twice = pd.concat([first, first[["mean_radius"]]], axis=1)
+    with pytest.raises(InvalidData, match="duplicate columns: mean_radius"):
+        predict(bundle, twice)
+    predict(bundle, first)
+
+
 def test_strings_in_numeric_columns_are_named(bundle, sample_frame):
     rows = sample_frame.head(3).astype({"mean_area": object})
     rows.loc[1, "mean_area"] = "lots"
