@@ -31,7 +31,7 @@ from service.errors import (
     ServiceError,
     UnsupportedMediaType,
 )
-from service.frames import STRINGS_INFERRED, column_index, frame_of_values
+from service.frames import STRINGS_INFERRED, column_index, frame_of_values, labels_of
 from service.media import (
     CSV,
     JSON,
@@ -465,7 +465,7 @@ def _record_list(frame: pd.DataFrame) -> list[dict[str, Any]]:
     per column). The dicts are made by `map`, not a comprehension of `zip(...,
     strict=True)`: a third less time on 1,000 rows; every row has one value per name."""
     if len(frame) <= SMALL_FRAME_ROWS:
-        names = [str(c) for c in frame.columns]
+        names = [str(c) for c in labels_of(frame.columns)]
         rows = frame.to_numpy(dtype=object).tolist()
     else:
         names, columns = _columns_as_lists(frame)

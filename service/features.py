@@ -18,6 +18,7 @@ from sklearn.preprocessing import StandardScaler
 
 from service.artifacts import Bundle
 from service.errors import InvalidData
+from service.frames import labels_of
 
 EXAMPLE_VALUES = 3
 SMALL_FRAME_ROWS = 4096
@@ -72,10 +73,10 @@ def _feature_matrix(frame: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray
     if rows <= FEW_ROWS:  # numbers only give a numeric matrix: cheaper than .dtypes
         common = frame.to_numpy()
         if common.dtype.kind in "biuf":
-            positions = _positions(tuple(frame.columns.tolist()), columns)
+            positions = _positions(labels_of(frame.columns), columns)
             return common.astype(np.float64, copy=False)[:, positions]
     elif rows <= SMALL_FRAME_ROWS and all(_is_number_kind(t) for t in frame.dtypes):
-        positions = _positions(tuple(frame.columns.tolist()), columns)
+        positions = _positions(labels_of(frame.columns), columns)
         return frame.to_numpy(dtype=np.float64, na_value=np.nan)[:, positions]
     selected = frame[list(columns)]
     if all(_is_number_kind(dtype) for dtype in selected.dtypes):

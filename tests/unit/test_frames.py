@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from service import codecs
-from service.frames import column_index, frame_of, frame_of_values, strings
+from service.frames import column_index, frame_of, frame_of_values, labels_of, strings
 from service.schema import CONVERTERS, Field, conform
 
 KEPT = [
@@ -148,3 +148,9 @@ def test_small_answers_encode_as_large_ones_do(media):
         small = small[: -len(b"]}")]
         assert orjson.loads(whole)["predictions"][0]["f32"] == pytest.approx(0.1)
     assert whole.startswith(small)
+
+
+def test_labels_of_an_index_are_its_list():
+    for index in (column_index(("b", "a", "é")), pd.Index(["x", "y"]), pd.Index([3, 1])):
+        assert labels_of(index) == tuple(index.tolist())
+    assert labels_of(column_index(("b", "a", "é"))) is labels_of(column_index(("b", "a", "é")))
