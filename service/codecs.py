@@ -513,7 +513,9 @@ def _numeric_rows(frame: pd.DataFrame) -> list[bytes] | None:
     """Many rows of numbers only (the usual answer: ids and scores), each row's JSON object
     put together from orjson's text of each whole column: the bytes orjson writes for the
     rows as dicts (numbers hold no comma to split on), without making a dict per row."""
-    if len(frame) <= SMALL_FRAME_ROWS or not all(map(_WHOLE_NUMBERS.__contains__, frame.dtypes)):
+    if len(frame) <= SMALL_FRAME_ROWS or not frame.columns.is_unique:
+        return None  # a name twice: a dict keeps its last value, which this would not
+    if not all(map(_WHOLE_NUMBERS.__contains__, frame.dtypes)):
         return None
     parts: list[Any] = []
     for position, (name, column) in enumerate(frame.items()):

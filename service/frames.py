@@ -94,17 +94,23 @@ def _placements(width: int) -> tuple[np.ndarray, ...]:
     return tuple(np.array([position], dtype=np.intp) for position in range(width))
 
 
-@functools.lru_cache(maxsize=256)
-def column_index(columns: tuple[str, ...]) -> pd.Index:
-    """Indexes are immutable: one per column list is shared by every frame that uses it."""
-    index = pd.Index(columns)
-    if len(_LABELS) >= 4 * 256:
-        _LABELS.clear()
-    _LABELS[id(index)] = (index, columns)
-    return index
-
-
+SHARED_INDEXES = 256
+_SHARED: dict[tuple[str, ...], pd.Index] = {}
 _LABELS: dict[int, tuple[pd.Index, tuple[Any, ...]]] = {}
+
+
+def column_index(columns: tuple[str, ...]) -> pd.Index:
+    """Indexes are immutable: one per column list is shared by every frame that uses it
+    (the last SHARED_INDEXES lists; past that, the next ones start afresh)."""
+    index = _SHARED.get(columns)
+    if index is None:
+        if len(_SHARED) >= SHARED_INDEXES:
+            _SHARED.clear()
+            _LABELS.clear()
+        index = pd.Index(columns)
+        _SHARED[columns] = index
+        _LABELS[id(index)] = (index, columns)
+    return index
 
 
 def labels_of(index: pd.Index) -> tuple[Any, ...]:

@@ -5,7 +5,7 @@ import orjson
 import pandas as pd
 import pytest
 
-from service import codecs
+from service import codecs, frames
 from service.frames import column_index, frame_of, frame_of_values, labels_of, strings
 from service.schema import CONVERTERS, Field, conform
 
@@ -154,3 +154,20 @@ def test_labels_of_an_index_are_its_list():
     for index in (column_index(("b", "a", "é")), pd.Index(["x", "y"]), pd.Index([3, 1])):
         assert labels_of(index) == tuple(index.tolist())
     assert labels_of(column_index(("b", "a", "é"))) is labels_of(column_index(("b", "a", "é")))
+
+
+def test_shared_indexes_start_afresh_and_stay_right():
+    first = column_index(("p", "q"))
+    assert column_index(("p", "q")) is first
+    for i in range(frames.SHARED_INDEXES + 1):
+        column_index((f"c{i}",))
+    again = column_index(("p", "q"))
+    assert again is not first
+    assert labels_of(first) == labels_of(again) == ("p", "q")
+
+
+def test_a_large_answer_naming_a_column_twice_encodes_as_its_dicts():
+    rows = codecs.SMALL_FRAME_ROWS + 1
+    frame = pd.DataFrame(np.arange(rows * 2).reshape(rows, 2), columns=["id", "id"])
+    expected = [{"id": int(b)} for _, b in frame.to_numpy().tolist()]
+    assert codecs.encode(frame, codecs.JSON) == orjson.dumps({"predictions": expected})
