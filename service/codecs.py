@@ -537,8 +537,17 @@ def _table(frame: pd.DataFrame) -> pa.Table:
 
 def encode_csv(frame: pd.DataFrame, header: bool = True) -> bytes:
     sink = io.BytesIO()
-    pacsv.write_csv(_table(frame), sink, pacsv.WriteOptions(include_header=header))
+    pacsv.write_csv(_csv_table(frame), sink, pacsv.WriteOptions(include_header=header))
     return sink.getvalue()
+
+
+def _csv_table(frame: pd.DataFrame) -> pa.Table:
+    """CSV writes no pandas metadata: numpy number columns go to Arrow as they are (NaN as
+    null, as `from_pandas` does), without `Table.from_pandas`' per-call cost (60 us)."""
+    if not all(isinstance(t, np.dtype) and t.kind in "biuf" for t in frame.dtypes):
+        return _table(frame)
+    arrays = [pa.array(column.to_numpy(), from_pandas=True) for _, column in frame.items()]
+    return pa.Table.from_arrays(arrays, names=[str(name) for name in labels_of(frame.columns)])
 
 
 def encode_parquet(frame: pd.DataFrame, header: bool = True) -> bytes:

@@ -4,6 +4,8 @@ import io
 import numpy as np
 import orjson
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
@@ -331,3 +333,26 @@ def test_many_rows_of_numbers_encode_as_orjson_writes_their_dicts(dtypes, rows, 
     assert codecs.encode(frame, codecs.JSON) == orjson.dumps({"predictions": records})
     lines = b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in records)
     assert codecs.encode(frame, codecs.JSONLINES) == lines
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.sampled_from(sorted(_NUMBER_COLUMNS)), min_size=1, max_size=4),
+    st.integers(1, 80),
+    st.booleans(),
+    st.data(),
+)
+def test_numbers_encode_as_csv_as_arrows_pandas_conversion_writes_them(dtypes, rows, header, data):
+    """The CSV of an answer of numbers, against Arrow writing `Table.from_pandas` of it."""
+    frame = pd.DataFrame(
+        {
+            f"c{i}": np.array(
+                data.draw(st.lists(_NUMBER_COLUMNS[d], min_size=rows, max_size=rows)), dtype=d
+            )
+            for i, d in enumerate(dtypes)
+        }
+    )
+    sink = io.BytesIO()
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    pacsv.write_csv(table, sink, pacsv.WriteOptions(include_header=header))
+    assert codecs.encode(frame, codecs.CSV, header=header) == sink.getvalue()
