@@ -31,7 +31,13 @@ from service.errors import (
     ServiceError,
     UnsupportedMediaType,
 )
-from service.frames import STRINGS_INFERRED, column_index, frame_of_values, labels_of
+from service.frames import (
+    STRINGS_INFERRED,
+    column_index,
+    frame_of_values,
+    is_number_dtype,
+    labels_of,
+)
 from service.media import (
     CSV,
     JSON,
@@ -455,7 +461,7 @@ def decode_jsonlines(body: bytes, layout: Layout | None = None) -> Decoded:
 
 
 def _columns_as_lists(frame: pd.DataFrame) -> tuple[list[str], list[list[Any]]]:
-    names = [str(c) for c in frame.columns]
+    names = [str(c) for c in labels_of(frame.columns)]
     return names, [column.tolist() for _, column in frame.items()]
 
 
@@ -544,7 +550,7 @@ def encode_csv(frame: pd.DataFrame, header: bool = True) -> bytes:
 def _csv_table(frame: pd.DataFrame) -> pa.Table:
     """CSV writes no pandas metadata: numpy number columns go to Arrow as they are (NaN as
     null, as `from_pandas` does), without `Table.from_pandas`' per-call cost (60 us)."""
-    if not all(isinstance(t, np.dtype) and t.kind in "biuf" for t in frame.dtypes):
+    if not all(map(is_number_dtype, frame.dtypes)):
         return _table(frame)
     arrays = [pa.array(column.to_numpy(), from_pandas=True) for _, column in frame.items()]
     return pa.Table.from_arrays(arrays, names=[str(name) for name in labels_of(frame.columns)])

@@ -18,7 +18,7 @@ from sklearn.preprocessing import StandardScaler
 
 from service.artifacts import Bundle
 from service.errors import InvalidData
-from service.frames import labels_of
+from service.frames import is_number_dtype, labels_of
 
 EXAMPLE_VALUES = 3
 SMALL_FRAME_ROWS = 4096
@@ -75,11 +75,11 @@ def _feature_matrix(frame: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray
         if common.dtype.kind in "biuf":
             positions = _positions(labels_of(frame.columns), columns)
             return common.astype(np.float64, copy=False)[:, positions]
-    elif rows <= SMALL_FRAME_ROWS and all(_is_number_kind(t) for t in frame.dtypes):
+    elif rows <= SMALL_FRAME_ROWS and all(is_number_dtype(t) for t in frame.dtypes):
         positions = _positions(labels_of(frame.columns), columns)
         return frame.to_numpy(dtype=np.float64, na_value=np.nan)[:, positions]
     selected = frame[list(columns)]
-    if all(_is_number_kind(dtype) for dtype in selected.dtypes):
+    if all(is_number_dtype(dtype) for dtype in selected.dtypes):
         matrix = selected.to_numpy(dtype=np.float64, na_value=np.nan)
     else:
         matrix = np.column_stack([_numeric(selected[column], column) for column in columns])
@@ -90,10 +90,6 @@ def _feature_matrix(frame: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray
 def _positions(present: tuple[str, ...], wanted: tuple[str, ...]) -> np.ndarray:
     index = {name: position for position, name in enumerate(present)}
     return np.array([index[name] for name in wanted], dtype=np.intp)
-
-
-def _is_number_kind(dtype: object) -> bool:
-    return isinstance(dtype, np.dtype) and dtype.kind in "biuf"
 
 
 def _numeric(column: pd.Series, name: str) -> np.ndarray:

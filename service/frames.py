@@ -113,6 +113,11 @@ def column_index(columns: tuple[str, ...]) -> pd.Index:
     return index
 
 
+def is_number_dtype(dtype: object) -> bool:
+    """A numpy bool, integer or float dtype (not a pandas extension dtype)."""
+    return isinstance(dtype, np.dtype) and dtype.kind in "biuf"
+
+
 def labels_of(index: pd.Index) -> tuple[Any, ...]:
     """`tuple(index.tolist())`, known at once for an Index `column_index` made (listing
     pandas' text Index costs ~5 us, twice a one-row request)."""
