@@ -73,11 +73,14 @@ class ServeSettings(CommonSettings):
         "SAGEMAKER_MODEL_SERVER_WORKERS wins when set).",
     )
     threads: int = Field(
-        4,
+        1,
         ge=1,
         le=256,
-        description="Request threads per process (1-256); small requests that prove fast "
-        "run on the process's event loop instead.",
+        description="Request threads per process (1-256). With 1, a process predicts one "
+        "request after another: predictions that hold the GIL gain nothing from more "
+        "threads, only interleave and wait longer. Raise it for a model that waits on I/O "
+        "or releases the GIL, or with BATCH_MAX_ROWS so requests can gather. GETs, and "
+        "small requests that prove fast, run on the process's event loop.",
     )
     max_request_mb: float = Field(
         6.0,

@@ -162,14 +162,24 @@ class ThreadReporter:
 
     metrics = None
 
+    def __init__(self) -> None:
+        import threading
+
+        self.blocked = threading.Event()
+        self.release = threading.Event()
+
     def __call__(self, environ, start_response):
         import threading
         import time
 
         from service import waitress_hooks as server
 
-        if environ["wsgi.input"].read() == b"slow":
+        body = environ["wsgi.input"].read()
+        if body == b"slow":
             time.sleep(server.INLINE_SLOW_SECONDS * 2)
+        elif body == b"block":
+            self.blocked.set()
+            self.release.wait(10)
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [str(threading.get_ident()).encode()]
 
@@ -187,8 +197,9 @@ def loop_server(monkeypatch):
     monkeypatch.setattr(server, "INLINE_SLOW_SECONDS", 0.25)  # no hiccup counts as slow
 
     listener = bind("127.0.0.1", 0)
-    settings = SimpleNamespace(threads=2, max_request_mb=1, workers=1, api_key=None)
-    process = ProcessServer(ThreadReporter(), listener, settings)
+    settings = SimpleNamespace(threads=1, max_request_mb=1, workers=1, api_key=None)
+    app = ThreadReporter()
+    process = ProcessServer(app, listener, settings)
     process.open()
     loop = threading.Thread(target=process.serve, args=(lambda: None,), daemon=True)
     loop.start()
@@ -212,7 +223,7 @@ def loop_server(monkeypatch):
         return threads
 
     try:
-        yield SimpleNamespace(call=call, loop=loop, process=process, prove_fast=prove_fast)
+        yield SimpleNamespace(app=app, call=call, loop=loop, process=process, prove_fast=prove_fast)
     finally:
         connection.close()
         process.stop()
@@ -259,14 +270,43 @@ def test_a_request_waitress_cannot_parse_is_400_while_the_loop_serves(loop_serve
     assert loop_server.call() == loop
 
 
-def test_gets_and_big_bodies_always_run_on_the_threads(loop_server) -> None:
+def test_gets_run_on_the_loop_and_big_bodies_on_the_threads(loop_server) -> None:
     from service.waitress_hooks import INLINE_MAX_BYTES
 
     loop = loop_server.loop.ident
+    assert loop_server.call(None, "GET") == loop, "a GET needs no proof"
+    assert loop_server.call() != loop, "a POST must prove fast on the threads first"
     loop_server.prove_fast()
-    assert loop_server.call(None, "GET") != loop
+    assert loop_server.call(None, "GET") == loop
     assert loop_server.call(b"x" * (INLINE_MAX_BYTES + 1)) != loop
     assert loop_server.call() == loop
+
+
+def test_a_health_check_is_answered_while_the_only_thread_predicts(loop_server) -> None:
+    """THREADS=1 predicts one request after another; /ping must not queue behind them."""
+    import http.client
+    import threading
+
+    app = loop_server.app
+    address = loop_server.process.server.socket.getsockname()
+    busy = http.client.HTTPConnection(*address, timeout=10)
+    answered: list[int] = []
+    sender = threading.Thread(
+        target=lambda: (
+            busy.request("POST", "/invocations", body=b"block"),
+            answered.append(busy.getresponse().status),
+        )
+    )
+    sender.start()
+    try:
+        assert app.blocked.wait(10), "the POST never reached a request thread"
+        assert loop_server.call(None, "GET") == loop_server.loop.ident
+        assert not answered, "the GET was answered only after the POST"
+    finally:
+        app.release.set()
+        sender.join(10)
+        busy.close()
+    assert answered == [200]
 
 
 def test_the_header_and_a_small_body_leave_in_one_send(loop_server, monkeypatch) -> None:
