@@ -50,6 +50,7 @@ WAITRESS_VERSION = "3.0.2"
 TICK_SECONDS = 0.2
 DRAIN_SECONDS = 20.0
 ACCEPT_DEFER_SECONDS = 0.005
+REBALANCE_SECONDS = 0.5
 INLINE_MAX_BYTES = 16 * 1024
 INLINE_SLOW_SECONDS = 0.02
 INLINE_AFTER_FAST = 4
@@ -94,11 +95,31 @@ class AcceptBalance:
     def __init__(self, counts: ConnectionCounts, slot: int) -> None:
         self.cells = counts.cells
         self.slot = slot
+        self.ended_at = float("-inf")
 
     def my_turn(self, mine: int) -> bool:
         """True unless another accepting process holds fewer connections."""
         self.cells[self.slot] = mine
         return mine <= min(self.cells)
+
+    def crowded(self, mine: int) -> bool:
+        """True if another accepting process holds at least two connections fewer.
+
+        Connections stay where they were accepted: a burst that came while the other
+        process was still busy with requests of clients gone (its count not yet down)
+        would stay on this one. Ending one keep-alive connection after its response
+        (`Connection: close`, which every HTTP/1.1 client honours) lets the client's
+        next connection land on the other process. At most one per REBALANCE_SECONDS,
+        so a sibling slow to accept costs a reconnect now and then, not one per request.
+        """
+        if mine < min(self.cells) + 2:
+            return False
+        others = [count for slot, count in enumerate(self.cells) if slot != self.slot]
+        now = time.monotonic()
+        if not others or mine < min(others) + 2 or now - self.ended_at < REBALANCE_SECONDS:
+            return False
+        self.ended_at = now
+        return True
 
     def close(self) -> None:
         self.cells[self.slot] = ConnectionCounts.NOT_ACCEPTING
@@ -108,10 +129,15 @@ class AcceptBalance:
 
 
 class _Task(WSGITask):
-    """Tells the client to close the connection once the process is stopping."""
+    """Tells the client to close the connection once the process is stopping, or when
+    this process holds more connections than another (AcceptBalance.crowded)."""
 
     def build_response_header(self) -> bytes:
-        if self.channel.server.draining:
+        server = self.channel.server
+        balance = server.balance
+        if server.draining or (
+            balance is not None and balance.crowded(len(server.active_channels))
+        ):
             self.set_close_on_finish()
         return super().build_response_header()
 
@@ -314,6 +340,7 @@ class ProcessServer:
         self.server.channel_class = _Channel
         self.server.discarding = set()
         self.server.draining = False
+        self.server.balance = balance
         self.server.recorder = app.metrics
         self.server.accepting = False
         self.server.pull_trigger = self._pull_trigger

@@ -115,6 +115,67 @@ def test_a_process_takes_a_connection_unless_another_holds_fewer() -> None:
     assert set(counts.cells) == {ConnectionCounts.NOT_ACCEPTING}
 
 
+def test_a_process_two_connections_ahead_ends_one_at_most_twice_a_second() -> None:
+    from service.waitress_hooks import REBALANCE_SECONDS, ConnectionCounts
+
+    counts = ConnectionCounts(3)
+    first, second = counts.balance(0), counts.balance(1)
+    second.my_turn(2)
+    first.my_turn(3)
+    assert not first.crowded(3)  # one ahead: moving a client would not even them out
+    assert first.crowded(4)
+    assert not first.crowded(4), "a second one within REBALANCE_SECONDS"
+    first.ended_at -= REBALANCE_SECONDS
+    assert first.crowded(4)
+    second.close()  # alone among the accepting processes: no one to hand a client to
+    first.ended_at -= REBALANCE_SECONDS
+    assert not first.crowded(9)
+
+
+def test_a_crowded_process_ends_a_keep_alive_connection_after_its_response(
+    store: FakeStore,
+) -> None:
+    """The client learns it from the response (Connection: close) and its next connection
+    goes to the process with fewer (here a sibling that holds none)."""
+    import http.client
+    import threading
+
+    from service.server import bind
+    from service.waitress_hooks import ConnectionCounts, ProcessServer
+
+    listener = bind("127.0.0.1", 0)
+    settings = SimpleNamespace(threads=1, max_request_mb=1, workers=2, api_key=None)
+    counts = ConnectionCounts(2)
+    process = ProcessServer(create_app(store, settings), listener, settings, counts.balance(0))
+    process.open()
+    loop = threading.Thread(target=process.serve, args=(lambda: None,), daemon=True)
+    loop.start()
+    clients = [http.client.HTTPConnection(*listener.getsockname(), timeout=10) for _ in range(2)]
+    try:
+        answers = []
+        for client in clients:
+            client.request("GET", "/health")
+            answers.append(client.getresponse())
+            answers[-1].read()
+        assert [a.getheader("Connection") for a in answers] == [None, None]
+        counts.cells[1] = 0  # a sibling that now accepts and holds nothing
+        clients[0].request("GET", "/health")
+        answer = clients[0].getresponse()
+        answer.read()
+        assert answer.getheader("Connection") == "close"
+        clients[1].request("GET", "/health")
+        answer = clients[1].getresponse()
+        answer.read()
+        assert answer.getheader("Connection") is None, "one per REBALANCE_SECONDS"
+    finally:
+        for client in clients:
+            client.close()
+        process.stop()
+        loop.join(5)
+        process.drain(seconds=1)
+        listener.close()
+
+
 def test_a_busier_process_leaves_a_new_connection_to_another_then_takes_it(
     store: FakeStore,
 ) -> None:
