@@ -3,7 +3,9 @@
 The parent binds one listening socket and forks WORKERS processes that each run
 waitress (THREADS request threads) on that inherited socket, so no port juggling
 is needed; a process holding more connections than another leaves new ones to it
-(ConnectionCounts), so a burst of connections is spread over all of them. Each
+(ConnectionCounts), so a burst of connections is spread over all of them, and one
+holding two more ends a keep-alive connection after its response so the client comes
+back to the other. Each
 process has its own ModelStore, which polls MODEL_URI for a new bundle. Small POSTs
 that have proved fast run on the process's event-loop thread, the rest on its
 THREADS request threads (LoopDispatcher). Every override of waitress's internals
