@@ -51,16 +51,15 @@ _CONTENT_TYPE = re.compile(rb"\r\ncontent-type:\s*([^\r]*)", re.IGNORECASE)
 
 def serve(port: int) -> None:
     """Answer requests with our app until killed."""
-    from service.artifacts import load_bundle
+    from service.artifacts import ModelStore
+    from service.server import settle_heap
     from service.settings import ServeSettings, load_settings
     from service.web import create_app
 
-    class Store:
-        current = load_bundle(str(BUNDLE))
-        last_error = None
-        reloads = reload_failures = 0
-
-    app = create_app(Store(), load_settings(ServeSettings))
+    settings = load_settings(ServeSettings)
+    store = ModelStore(settings.model_uri, settings.model_poll_seconds, on_swap=settle_heap)
+    store.start()  # as a server process does, polling included
+    app = create_app(store, settings)
     listener = socket.create_server((LOOPBACK, port))
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ)

@@ -183,19 +183,13 @@ class _ErrorTask(ErrorTask):
 def small_post(request: Any) -> bool:
     """A parsed request whose handling may run on the event-loop thread (a request
     waitress could not parse has an error and may have no method)."""
-    return (
-        not request.error
-        and request.command == "POST"
-        and request.body_bytes_received <= INLINE_MAX_BYTES
-    )
+    return _small(request, ("POST",))
 
 
-def light_get(request: Any) -> bool:
-    """A GET or HEAD: every such route of ours answers from memory, so it runs on the loop
-    and a health check never queues behind predictions."""
+def _small(request: Any, methods: tuple[str, ...]) -> bool:
     return (
         not request.error
-        and request.command in ("GET", "HEAD")
+        and request.command in methods
         and request.body_bytes_received <= INLINE_MAX_BYTES
     )
 
@@ -228,7 +222,7 @@ class LoopDispatcher(ThreadedTaskDispatcher):
     def _on_loop(self, request: Any) -> bool:
         if self.fast_in_a_row >= INLINE_AFTER_FAST and small_post(request):
             return True
-        return light_get(request)
+        return _small(request, ("GET", "HEAD"))  # our GET routes answer from memory
 
     def observe(self, seconds: float) -> None:
         """How long a small POST took, wherever it ran."""
