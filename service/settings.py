@@ -7,9 +7,9 @@ the process with a message that names the variable and what it accepts.
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.errors import SettingsError
@@ -30,6 +30,10 @@ SAGEMAKER_VARIABLES = {
 # Where SageMaker unpacks the model's ModelDataUrl (model.tar.gz): <base>/model, the
 # base being SAGEMAKER_BASE_DIR or /opt/ml (sagemaker_inference/environment.py).
 SAGEMAKER_BASE_DIR = "/opt/ml"
+
+# THREADS when BATCH_MAX_ROWS is set and THREADS is not: batching gathers the requests a
+# process runs at the same time, and one thread runs them one after another.
+BATCHING_THREADS = 4
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 OutputFormat = Literal["parquet", "csv", "jsonl"]
@@ -79,8 +83,9 @@ class ServeSettings(CommonSettings):
         description="Request threads per process (1-256). With 1, a process predicts one "
         "request after another: predictions that hold the GIL gain nothing from more "
         "threads, only interleave and wait longer. Raise it for a model that waits on I/O "
-        "or releases the GIL, or with BATCH_MAX_ROWS so requests can gather. GETs, and "
-        "small requests that prove fast, run on the process's event loop.",
+        f"or releases the GIL. With BATCH_MAX_ROWS set it defaults to {BATCHING_THREADS}, "
+        "so requests can gather. GETs, and small requests that prove fast, run on the "
+        "process's event loop.",
     )
     max_request_mb: float = Field(
         6.0,
@@ -125,6 +130,14 @@ class ServeSettings(CommonSettings):
         "it runs on its own (ms, 0-1000); a request alone never waits.",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _threads_for_batching(cls, values: Any) -> Any:
+        batching = isinstance(values, dict) and _whole_number(values.get("batch_max_rows")) > 0
+        if batching and "threads" not in values:
+            return {**values, "threads": BATCHING_THREADS}
+        return values
+
     @field_validator("default_accept")
     @classmethod
     def _known_media_type(cls, value: str) -> str:
@@ -162,6 +175,14 @@ class WorkerSettings(CommonSettings):
 
 
 SettingsT = TypeVar("SettingsT", bound=CommonSettings)
+
+
+def _whole_number(value: Any) -> int:
+    """An integer setting's raw value, 0 when it is none (its own check says why)."""
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        return 0
 
 
 def load_settings(cls: type[SettingsT], environ: Mapping[str, str] | None = None) -> SettingsT:
@@ -221,6 +242,8 @@ def settings_table() -> str:
 def _default_text(name: str, default: object) -> str:
     if name == "workers":
         return "CPU count"
+    if name == "threads":
+        return f"`{default}` (`{BATCHING_THREADS}` with `BATCH_MAX_ROWS`)"
     return "unset" if default is None else f"`{default}`"
 
 

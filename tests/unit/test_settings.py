@@ -4,7 +4,9 @@ import pytest
 
 from service.__main__ import main
 from service.errors import SettingsError
+from service.server import warn_if_batching_cannot_gather
 from service.settings import (
+    BATCHING_THREADS,
     TABLE_END,
     TABLE_START,
     ServeSettings,
@@ -21,6 +23,22 @@ def test_defaults_follow_the_contract():
     assert settings.port == 8080
     assert settings.workers >= 1
     assert settings.api_key is None
+
+
+def test_batching_gets_request_threads_unless_threads_is_set(caplog):
+    def threads(**env: str) -> ServeSettings:
+        return load_settings(ServeSettings, {"MODEL_URI": "s3://b/models/m/1/", **env})
+
+    assert threads().threads == 1
+    assert threads(BATCH_MAX_ROWS="0").threads == 1
+    batching = threads(BATCH_MAX_ROWS="64")
+    assert batching.threads == BATCHING_THREADS > 1
+    assert threads(BATCH_MAX_ROWS="64", THREADS="2").threads == 2
+    with caplog.at_level("WARNING"):
+        warn_if_batching_cannot_gather(batching)
+        assert not caplog.records
+        warn_if_batching_cannot_gather(threads(BATCH_MAX_ROWS="64", THREADS="1"))
+    assert "BATCH_MAX_ROWS=64 gathers nothing with THREADS=1" in caplog.text
 
 
 def test_missing_model_uri_names_the_variable():
