@@ -115,6 +115,9 @@ def _parquet_batches(
 ) -> Iterator[pd.DataFrame]:
     try:
         # pre_buffer=False: pre-buffering keeps every row group read so far in memory.
+        # use_threads=False: decoding is one of transform_file's three overlapping stages,
+        # and Arrow's own pool on the same cores (a worker task has 1 vCPU by default)
+        # only makes the stages wait on each other (bench/RESULTS.md).
         with _native(source) as native:
             parquet = pq.ParquetFile(native, pre_buffer=False)
             groups = [
@@ -124,7 +127,10 @@ def _parquet_batches(
             for index in range(len(groups)):
                 for span in groups[index : index + 2] if prefetch else ():
                     prefetch(*span)
-                for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=[index]):
+                batches = parquet.iter_batches(
+                    batch_size=batch_rows, row_groups=[index], use_threads=False
+                )
+                for batch in batches:
                     yield _frame(batch)
     except ARROW_ERRORS as exc:
         raise MalformedBody(

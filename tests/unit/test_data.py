@@ -9,6 +9,8 @@ from hypothesis.extra.numpy import arrays
 from sklearn.preprocessing import StandardScaler
 
 from service import features
+from service.artifacts import Bundle
+from service.errors import InvalidData
 
 _VALUES = st.floats(-1e6, 1e6, allow_nan=False)
 
@@ -113,3 +115,73 @@ def test_the_feature_matrix_is_pandas_numbers_whatever_the_dtypes(rows, kinds):
     got = features._feature_matrix(frame, wanted)
     assert got.dtype == np.float64
     np.testing.assert_array_equal(got, expected)
+
+
+def _four_artifacts(matrix: np.ndarray, means: np.ndarray, scaler: object) -> Bundle:
+    columns = tuple(f"c{i}" for i in range(matrix.shape[1]))
+    return Bundle(
+        name="m",
+        version="1",
+        model=None,
+        scaler=scaler,
+        mean=dict(zip(columns, means.tolist(), strict=True)),
+        columns=columns,
+        id_column="id",
+        output_column="p",
+        etag="e",
+    )
+
+
+def _by_hand(frame: pd.DataFrame, bundle: Bundle) -> np.ndarray:
+    """The preparation as plain pandas and scikit-learn write it."""
+    filled = frame[list(bundle.columns)].astype(np.float64).fillna(dict(bundle.mean))
+    matrix = filled.to_numpy(dtype=np.float64)
+    return matrix if bundle.scaler is None else bundle.scaler.transform(matrix)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.sampled_from([1, 2, features.FEW_ROWS + 1, features.SMALL_FRAME_ROWS + 1]),
+    st.integers(1, 5),
+    st.floats(0, 0.5),
+    st.booleans(),
+    st.integers(0, 2**32 - 1),
+)
+def test_prepared_features_equal_pandas_and_sklearn_bit_for_bit(rows, width, holes, scaled, seed):
+    generator = np.random.default_rng(seed)
+    matrix = generator.normal(0, 1e3, (rows, width))
+    matrix[generator.random((rows, width)) < holes] = np.nan
+    frame = pd.DataFrame(matrix, columns=[f"c{i}" for i in range(width)])
+    frame.insert(0, "id", np.arange(rows))
+    before = frame.copy()
+    fitted = StandardScaler().fit(generator.normal(5, 2, (10, width))) if scaled else None
+    bundle = _four_artifacts(matrix, generator.normal(0, 1, width), fitted)
+    np.testing.assert_array_equal(features.numeric_features(frame, bundle), _by_hand(frame, bundle))
+    pd.testing.assert_frame_equal(frame, before)  # the request's frame is never written
+
+
+@pytest.mark.parametrize("rows", [1, features.SMALL_FRAME_ROWS + 1])
+def test_an_infinity_sent_is_named_and_an_overflow_is_told_apart(rows):
+    matrix = np.ones((rows, 3))
+    bundle = _four_artifacts(
+        matrix, np.zeros(3), StandardScaler().fit(np.array([[0.0] * 3, [1e-10] * 3]))
+    )
+    frame = pd.DataFrame(matrix, columns=["c0", "c1", "c2"])
+    infinite = frame.assign(c1=np.inf)
+    with pytest.raises(InvalidData, match=r"columns c1 hold infinite values"):
+        features.numeric_features(infinite, bundle)
+    huge = frame.assign(c2=1e300)
+    with pytest.raises(InvalidData, match=r"columns c2 hold values too large"):
+        features.numeric_features(huge, bundle)
+    sums_past_the_largest_float = pd.DataFrame(np.full((rows, 3), 1e308), columns=frame.columns)
+    plain = _four_artifacts(matrix, np.zeros(3), None)
+    np.testing.assert_array_equal(
+        features.numeric_features(sums_past_the_largest_float, plain), np.full((rows, 3), 1e308)
+    )
+
+
+def test_a_missing_value_filled_with_an_infinite_mean_is_an_overflow_not_an_infinity_sent():
+    matrix = np.array([[1.0, np.nan]])
+    bundle = _four_artifacts(matrix, np.array([0.0, np.inf]), StandardScaler().fit(np.eye(2)))
+    with pytest.raises(InvalidData, match=r"columns c1 hold values too large"):
+        features.numeric_features(pd.DataFrame(matrix, columns=["c0", "c1"]), bundle)
