@@ -196,9 +196,15 @@ def _model_text(store: ModelStore) -> str:
 
 def _startup_line(settings: ServeSettings, workers: int, model: str) -> str:
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    batching = (
+        f"adaptive batching up to {settings.batch_max_rows} rows "
+        f"(a queued request waits at most {settings.batch_wait_ms:g} ms), "
+        if settings.batch_max_rows
+        else ""
+    )
     return (
         f"serving http://{host}:{settings.port} with {workers} "
-        f"process{'es' if workers != 1 else ''} x {settings.threads} threads, {model}"
+        f"process{'es' if workers != 1 else ''} x {settings.threads} threads, {batching}{model}"
     )
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from service.__main__ import main
 from service.errors import SettingsError
-from service.server import warn_if_batching_cannot_gather
+from service.server import _startup_line, warn_if_batching_cannot_gather
 from service.settings import (
     BATCHING_THREADS,
     TABLE_END,
@@ -39,6 +39,10 @@ def test_batching_gets_request_threads_unless_threads_is_set(caplog):
         assert not caplog.records
         warn_if_batching_cannot_gather(threads(BATCH_MAX_ROWS="64", THREADS="1"))
     assert "BATCH_MAX_ROWS=64 gathers nothing with THREADS=1" in caplog.text
+    assert "x 4 threads, adaptive batching up to 64 rows (a queued request waits at most 2 ms)" in (
+        _startup_line(batching, 2, "model m version 1")
+    )
+    assert "batching" not in _startup_line(threads(), 2, "model m version 1")
 
 
 def test_missing_model_uri_names_the_variable():
