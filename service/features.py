@@ -34,12 +34,11 @@ def numeric_features(frame: pd.DataFrame, bundle: Bundle) -> np.ndarray:
     each pass or new array over it costs more than the model."""
     features = _feature_matrix(frame, bundle.columns)
     missing = np.isnan(features)
-    filled = missing.any()
-    if filled:
+    if missing.any():
         means = np.array([bundle.mean[column] for column in bundle.columns], dtype=np.float64)
         np.copyto(features, means, where=missing)
     if not _all_finite(features):
-        _reject_infinities(features, bundle.columns, missing if filled else None)
+        _reject_infinities(features, bundle.columns, filled=missing)
     if bundle.scaler is None:
         return features
     scaled = _scale(bundle.scaler, features, in_place=True)
@@ -136,13 +135,9 @@ def _is_blank(value: object) -> bool:
     return isinstance(value, str) and not value.strip()
 
 
-def _reject_infinities(
-    features: np.ndarray, columns: tuple[str, ...], filled: np.ndarray | None = None
-) -> None:
+def _reject_infinities(features: np.ndarray, columns: tuple[str, ...], filled: np.ndarray) -> None:
     """Infinities the request sent (not those of a filled-in mean: see _reject_overflow)."""
-    infinite = np.isinf(features)
-    if filled is not None:
-        infinite &= ~filled
+    infinite = np.isinf(features) & ~filled
     if infinite.any():
         names = [columns[i] for i in np.flatnonzero(infinite.any(axis=0))]
         raise InvalidData(

@@ -5,11 +5,11 @@ waitress (THREADS request threads) on that inherited socket, so no port juggling
 is needed; a process holding more connections than another leaves new ones to it
 (ConnectionCounts), so a burst of connections is spread over all of them, and one
 holding two more ends a keep-alive connection after its response so the client comes
-back to the other. Each
-process has its own ModelStore, which polls MODEL_URI for a new bundle. Small POSTs
-that have proved fast run on the process's event-loop thread, the rest on its
-THREADS request threads (LoopDispatcher). Every override of waitress's internals
-lives in service/waitress_hooks.py; this module is the process life cycle.
+back to the other. Each process has its own ModelStore, which polls MODEL_URI for a new
+bundle. GETs, and small POSTs that have proved fast, run on the process's event-loop
+thread, the rest on its THREADS request threads (LoopDispatcher). Every override of
+waitress's internals lives in service/waitress_hooks.py; this module is the process
+life cycle.
 
 The parent only supervises: it restarts a process that dies, and on SIGTERM or
 SIGINT forwards SIGTERM to every process. A process then closes its listener,
