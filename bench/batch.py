@@ -6,7 +6,8 @@ Parts (each interleaves what it compares, round by round):
   the upload until HeadObject finds the output (a warm worker is running), and from the
   moment the upload returned (the input object exists), against the worker's own file
   transform (worker.transform_file, the worker's BATCH_ROWS) on the same file from and to
-  local disk in this process.
+  local disk in this process. Each side starts once the kernel has handed freed memory
+  back to the host (bench.host_memory).
 - latency: a 1,000-row file, upload to output, with a worker already running (warm) and
   with none (cold: every worker task stopped and gone before the upload).
 - memory: peak resident memory (the kernel's VmHWM, read until it exits) of `python -m service
@@ -38,6 +39,7 @@ import psutil
 from bench import datagen
 from bench.cloud import REPO_ROOT, STACK_NAME, Cloud, wait_object
 from bench.cpu import MachineCpu
+from bench.host_memory import settle
 from bench.stats import DATA_DIR, Recorder
 from localcloud.waiting import wait_until
 
@@ -184,10 +186,12 @@ def throughput(
     upload_and_wait(cloud, datagen.dataset("1k"), "warmup/first.parquet", model)
     cloud.wait_workers(1)
     target = work / "limit-output.parquet"
+    transform_locally(source, target, bundle)  # unmeasured: a first run is up to 3x slower
     for number in range(rounds):
         order = ("limit", "ours") if number % 2 == 0 else ("ours", "limit")
         figures: dict[str, float] = {}
         for which in order:
+            settle()
             if which == "limit":
                 with MachineCpu() as machine:
                     started = time.monotonic()
@@ -249,7 +253,8 @@ def record_machine(
     figures: dict[str, float],
 ) -> None:
     """The machine while one side ran: busy and stolen cores, the cores that neither the
-    benchmark nor its local cloud used (the neighbours), I/O wait and disk traffic."""
+    benchmark nor its local cloud used (the neighbours), I/O wait, disk traffic and memory
+    handed back to the host (bench.host_memory)."""
     values = {
         "machine busy cores": machine.busy / seconds,
         "stolen cores": machine.steal / seconds,
@@ -259,6 +264,7 @@ def record_machine(
         "disk written MB": machine.written_bytes / 1e6,
         "dirty page cache at the end MB": machine.dirty_bytes / 1e6,
         "memory available at the end MB": machine.available_bytes / 1e6,
+        "memory handed back to the host MB": machine.handed_back_bytes / 1e6,
     }
     for name, value in values.items():
         unit = "MB" if name.endswith("MB") else "cores"
@@ -315,7 +321,9 @@ def print_round(number: int, rounds: int, figures: dict[str, float]) -> None:
         f"{figures['limit stolen cores']:.2f} / {figures['ours stolen cores']:.2f}, "
         f"I/O wait {figures['ours I/O wait cores']:.2f}, disk read "
         f"{figures['ours disk read MB']:.0f} MB written {figures['ours disk written MB']:.0f} MB "
-        f"dirty {figures['ours dirty page cache at the end MB']:.0f} MB (limit / ours; disk: ours)"
+        f"dirty {figures['ours dirty page cache at the end MB']:.0f} MB, handed back to the host "
+        f"{figures['limit memory handed back to the host MB']:.0f} / "
+        f"{figures['ours memory handed back to the host MB']:.0f} MB (limit / ours; disk: ours)"
         + ("" if quiet else ": NOT QUIET, this round measures the neighbours as much as ours"),
         flush=True,
     )
@@ -436,7 +444,8 @@ def run_worker_once(
         if line.startswith(TIME_MARKER):
             result["time_mib"] = int(line.removeprefix(TIME_MARKER)) / 1024
         elif line.startswith(CPU_MARKER):
-            result["cpu_seconds"] = sum(map(float, line.removeprefix(CPU_MARKER).split()))
+            user, system = map(float, line.removeprefix(CPU_MARKER).split())
+            result["cpu_seconds"], result["system_cpu_seconds"] = user + system, system
     return result
 
 
@@ -545,6 +554,7 @@ def scaling(source: Path, rounds: int, recorder: Recorder, work: Path) -> None:
             for workers in order:
                 cloud = clouds[workers]
                 cloud.wait_no_workers(SCALING_IDLE_SECONDS + 60)
+                settle()
                 root = psutil.Process(cloud.process.pid)
                 with CpuSampler(root) as sampler, MachineCpu() as machine:
                     seconds = upload_many(cloud, source, f"scaling/r{number}")

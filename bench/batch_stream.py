@@ -11,7 +11,9 @@ its ratio to the same round's limit, and the process's peak RSS (VmHWM). Also th
 seconds of the limit, of the worker and of the local cloud (its S3 serving the file)
 during the worker's run, and the worker's time over the bound they set on this machine's
 cores (`bench.batch.stream_bound`): the local S3 shares the cores with the worker here,
-which it does not on AWS.
+which it does not on AWS. The limit and each worker start once the kernel has handed freed
+memory back to the host (bench.host_memory); the MB handed back during a worker's run
+and its system CPU are recorded.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from bench.batch import (
     transform_locally,
 )
 from bench.cloud import REPO_ROOT, Cloud
+from bench.host_memory import reported_mib, settle
 from bench.run import parse_compare
 from bench.stats import DATA_DIR, Recorder
 
@@ -61,12 +64,15 @@ def stream(
     environment = cloud.environment() | cloud.worker_environment()
     environment.update(JOB_QUEUE_URL=queue, IDLE_SECONDS="1", WAIT_SECONDS="1")
     recorder.notes["stream_trees"] = {label: str(tree) for label, tree in trees.items()}
+    for name in FILES:  # unmeasured: a first run is up to 3x slower
+        transform_locally(files[name], work / "stream-limit.parquet", bundle)
     for number in range(rounds):
         names = FILES if number % 2 == 0 else FILES[::-1]
         labels = list(trees) if number % 2 == 0 else list(trees)[::-1]
         peaks: dict[str, dict[str, float]] = {label: {} for label in trees}
         for name in names:
             rows = datagen_rows(files[name])
+            settle()
             started, cpu = time.monotonic(), time.process_time()
             transform_locally(files[name], work / "stream-limit.parquet", bundle)
             limit_cpu = time.process_time() - cpu
@@ -79,9 +85,13 @@ def stream(
                 env = dict(environment, OUTPUT_PREFIX=f"bench-stream/{label}/r{number}")
                 env["PYTHONPATH"] = str(trees[label])
                 log = work / f"stream-{label}-{number}-{name}.log"
-                cloud_cpu = cloud_process.cpu_seconds()
+                settle()
+                cloud_cpu, reported = cloud_process.cpu_seconds(), reported_mib()
                 result = run_worker_once(env, log, cwd=trees[label])
                 result["cloud_cpu_seconds"] = cloud_process.cpu_seconds() - cloud_cpu
+                after = reported_mib()
+                if reported is not None and after is not None:
+                    result["handed_back_mib"] = after - reported
                 line = _file_line(log)
                 speed = rows / float(line["seconds"])
                 bound = stream_bound(limit_seconds, limit_cpu, result["cloud_cpu_seconds"])
@@ -139,6 +149,13 @@ def _record(
     )
     if "cpu_seconds" in result:
         recorder.add(f"{prefix} worker CPU", "s", result["cpu_seconds"])
+        recorder.add(f"{prefix} worker system CPU", "s", result["system_cpu_seconds"])
+    if "handed_back_mib" in result:
+        recorder.add(
+            f"{prefix} memory handed back to the host during the run",
+            "MiB",
+            result["handed_back_mib"],
+        )
     for key, value in line.items():
         if key.endswith("_seconds"):
             recorder.add(f"{prefix} worker phase {key.removesuffix('_seconds')}", "s", value)

@@ -14,16 +14,20 @@ from dataclasses import dataclass
 
 import psutil
 
+from bench.host_memory import reported_mib
+
 
 class MachineCpu:
     """What the whole machine did over a block: CPU seconds busy, stolen by the hypervisor and
-    waiting for I/O, bytes read from and written to its disks, and this process's CPU; at
-    its end, the page cache's writes not yet on disk and the memory available."""
+    waiting for I/O, bytes read from and written to its disks, memory handed back to the
+    host (bench.host_memory), and this process's CPU; at its end, the page cache's writes
+    not yet on disk and the memory available."""
 
     BUSY = ("user", "nice", "system", "irq", "softirq")
 
     def __enter__(self) -> MachineCpu:
         self._start = (psutil.cpu_times(), psutil.Process().cpu_times(), _disk())
+        self._reported = reported_mib()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -37,6 +41,9 @@ class MachineCpu:
         memory = _meminfo()
         self.dirty_bytes = memory.get("Dirty", 0) + memory.get("Writeback", 0)
         self.available_bytes = memory.get("MemAvailable", 0)
+        reported = reported_mib()
+        known = reported is not None and self._reported is not None
+        self.handed_back_bytes = (reported - self._reported) * 2**20 if known else 0.0
 
 
 def _meminfo() -> dict[str, int]:

@@ -2,11 +2,15 @@
 
 `S3Input` is a read-only file object over one object version: every GET carries If-Match
 on the announced ETag, so a replaced object fails instead of being read, and a stream that
-breaks resumes with a Range request under the same condition. Parquet reads it at random:
-one ranged GET for the footer (which gives the size too), then one forward ranged stream
-that carries each row group, the next one fetched while this one decodes (two GETs per
-file: moto reads a whole object for every GET, ranged or not). CSV and JSON Lines read it
-as one stream, its first MiB kept for the format checks and header peeks.
+breaks resumes with a Range request under the same condition.
+
+Parquet reads it at random. An object of up to WHOLE_BYTES (as the event announced it)
+comes in one GET and is read from memory: a small file is often one row group, which must
+be whole before it decodes anyway, and the one GET saves the footer's request. A bigger one
+takes one ranged GET for the footer (which gives the size too), then one forward ranged
+stream that carries each row group, the next one fetched while this one decodes (two GETs
+per file: moto reads a whole object for every GET, ranged or not). CSV and JSON Lines read
+it as one stream, its first MiB kept for the format checks and header peeks.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from service.worker_logs import log_event
 MB = 1024 * 1024
 HEAD_BYTES = MB  # the first bytes of an input, kept for the format checks and header peeks
 TAIL_BYTES = 64 * 1024  # the last bytes of a parquet input: its footer, in most files
+WHOLE_BYTES = 128 * MB  # a parquet input up to this size comes in one GET
 PREFETCHED = 3  # byte ranges kept: the tail, this row group and the next
 STREAM_ATTEMPTS = 5
 STREAM_ERRORS = (
@@ -55,10 +60,12 @@ class S3Input(io.RawIOBase):
         stopping: threading.Event,
         *,
         sequential: bool,
+        announced_size: int | None = None,
     ) -> None:
         super().__init__()
         self.s3 = s3
         self.sequential = sequential
+        self.whole = not sequential and announced_size is not None and announced_size <= WHOLE_BYTES
         self.key = key
         self.stopping = stopping
         self._request = {"Bucket": bucket, "Key": key, "IfMatch": batch.quoted_etag(etag)}
@@ -87,15 +94,29 @@ class S3Input(io.RawIOBase):
         return self._pos
 
     def size(self) -> int:
-        """The object's size; in random mode its last TAIL_BYTES come with it (one GET that
-        also serves the reader's footer read)."""
+        """The object's size; in random mode the whole object, or its last TAIL_BYTES, come
+        with it (one GET that also serves the reader's footer read)."""
         if self._size is None and self.sequential:
             head = _call(self.s3.head_object, **self._request)
             self._size = head["ContentLength"]
+        elif self._size is None and self.whole:
+            self._read_whole()
         elif self._size is None:
             self._read_tail()
         assert self._size is not None
         return self._size
+
+    def _read_whole(self) -> None:
+        """The object in one GET; one bigger than announced is read by row group instead."""
+        response = _call(self.s3.get_object, **self._request)
+        size = int(response["ContentLength"])
+        if size > WHOLE_BYTES:
+            response["Body"].close()
+            self.whole = False
+            self._read_tail()
+            return
+        self._size = size
+        self._keep(0, self._fetch(0, size, response))
 
     def _read_tail(self) -> None:
         try:
@@ -109,9 +130,12 @@ class S3Input(io.RawIOBase):
             tail = body.read()
         total = response.get("ContentRange", "").rpartition("/")[2]
         self._size = int(total) if total.isdigit() else len(tail)
+        self._keep(self._size - len(tail), bytearray(tail))
+
+    def _keep(self, start: int, data: bytearray) -> None:
         done: Future[bytearray] = Future()
-        done.set_result(bytearray(tail))
-        self._fetched.append((self._size - len(tail), self._size, done))
+        done.set_result(data)
+        self._fetched.append((start, start + len(data), done))
 
     def readinto(self, buffer: Any) -> int:
         data = self.read(len(buffer))
@@ -124,6 +148,8 @@ class S3Input(io.RawIOBase):
         ranged GET."""
         if self.stopping.is_set():
             raise batch.Aborted("stopped during the download")
+        if self.whole:
+            self.size()  # the one GET brings every byte
         if size is None or size < 0:
             size = max(0, self.size() - self._pos)
         pieces: list[Any] = []
@@ -143,7 +169,7 @@ class S3Input(io.RawIOBase):
 
     def prefetch(self, start: int, end: int) -> None:
         """Fetch bytes [start, end) in the background, for a later read of that range."""
-        if any(s == start and e == end for s, e, _ in self._fetched):
+        if any(s <= start and end <= e for s, e, _ in self._fetched):
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="s3-prefetch")
@@ -210,12 +236,13 @@ class S3Input(io.RawIOBase):
             raise IncompleteReadError(actual_bytes=self._pos, expected_bytes=self.size())
         log_event(logging.WARNING, "download_resumed", key=self.key, error=problem)
 
-    def _fetch(self, start: int, end: int) -> bytearray:
-        """Bytes [start, end) with one ranged GET (resumed on a break), into one buffer."""
+    def _fetch(self, start: int, end: int, response: dict[str, Any] | None = None) -> bytearray:
+        """Bytes [start, end) into one buffer, from `response` if given, else with one
+        ranged GET; a break resumes with a ranged GET from where it broke."""
         data = bytearray(end - start)
         done, failures = start, 0
-        while done < end:
-            response = self.get(done, end)
+        while True:
+            response = response or self.get(done, end)
             try:
                 with contextlib.closing(response["Body"]) as body:
                     while done < end and (chunk := body.read(min(MB, end - done))):
@@ -226,10 +253,11 @@ class S3Input(io.RawIOBase):
                 if failures >= STREAM_ATTEMPTS:
                     raise
                 log_event(logging.WARNING, "download_resumed", key=self.key, error=str(exc))
-            else:
-                if done < end:
-                    raise IncompleteReadError(actual_bytes=done - start, expected_bytes=end - start)
-        return data
+                response = None
+                continue
+            if done < end:
+                raise IncompleteReadError(actual_bytes=done - start, expected_bytes=end - start)
+            return data
 
     def _close_body(self) -> None:
         if self._body is not None:

@@ -74,7 +74,15 @@ class WorkerS3:
         since the event fails the condition instead of being read, and a late or repeated
         event of an older version never overwrites the newer version's output."""
         assert job.etag is not None
-        return S3Input(self.s3, job.bucket, job.key, job.etag, self.stopping, sequential=sequential)
+        return S3Input(
+            self.s3,
+            job.bucket,
+            job.key,
+            job.etag,
+            self.stopping,
+            sequential=sequential,
+            announced_size=job.size,
+        )
 
     def open_output(
         self, key: str, extra: dict[str, Any], replaces: dict[str, Any] | None

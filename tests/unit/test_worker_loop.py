@@ -403,3 +403,31 @@ def test_waiting_for_a_model_ends_at_once_on_stop(tmp_path):
     started = time.monotonic()
     assert worker_module.wait_for_model(store, 30, stopping) is None
     assert time.monotonic() - started < 2
+
+
+@pytest.mark.parametrize("announced", [True, False])
+def test_a_small_parquet_input_comes_in_one_get_when_its_size_is_announced(
+    moto_env, sample_frame, monkeypatch, announced
+):
+    env = moto_env()
+    etag = env.upload("small.parquet", sample_frame)
+    if not announced:
+        env.receive()  # the upload's message, with its size, is replaced by one without
+        env.sqs.purge_queue(QueueUrl=env.queue_url)
+        env.send({"bucket": "input", "key": "small.parquet", "etag": etag})
+    real_get = env.worker.pipeline.files.s3.get_object
+    calls: list[dict[str, Any]] = []
+
+    def recorded_get(**kwargs: Any) -> dict[str, Any]:
+        if kwargs["Bucket"] == "input":
+            calls.append(kwargs)
+        return real_get(**kwargs)
+
+    monkeypatch.setattr(env.worker.pipeline.files.s3, "get_object", recorded_get)
+    env.worker.handle(env.receive())
+    assert env.report("small.parquet")["status"] == "succeeded"
+    ranges = [call.get("Range") for call in calls]
+    if announced:
+        assert ranges == [None]
+    else:
+        assert ranges[0] == "bytes=-65536"  # the footer first, then the row groups

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from moto import mock_aws
 
-from service import batch
+from service import batch, s3_stream
 from service.errors import MalformedBody
 from service.files import FileFormat, iter_batches
 from service.s3_stream import S3Input
@@ -59,15 +59,39 @@ def recorded_gets(s3: Any, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, An
     return calls
 
 
+def parquet_bytes(rows: pd.DataFrame, row_group_size: int) -> bytes:
+    buffer = io.BytesIO()
+    rows.to_parquet(buffer, index=False, row_group_size=row_group_size)
+    return buffer.getvalue()
+
+
+def read_parquet(s3: Any, key: str, etag: str, announced: int | None) -> pd.DataFrame:
+    stopping = threading.Event()
+    with S3Input(
+        s3, BUCKET, key, etag, stopping, sequential=False, announced_size=announced
+    ) as source:
+        frames = list(iter_batches(source, FileFormat("parquet"), 4_000, ("x",)))
+    return pd.concat(frames).reset_index(drop=True)
+
+
+def break_get(s3: Any, monkeypatch: pytest.MonkeyPatch, calls: list, number: int) -> None:
+    """The `number`th GET's body breaks after 100,000 bytes."""
+    recorded = s3.get_object
+
+    def breaking(**kwargs: Any) -> dict[str, Any]:
+        response = recorded(**kwargs)
+        if len(calls) == number:
+            response["Body"] = BrokenBody(response["Body"], after=100_000)
+        return response
+
+    monkeypatch.setattr(s3, "get_object", breaking)
+
+
 def test_parquet_is_read_by_row_group_with_conditional_ranged_gets(s3, monkeypatch):
     rows = frame(50_000)
-    buffer = io.BytesIO()
-    rows.to_parquet(buffer, index=False, row_group_size=10_000)
-    etag = put(s3, "in.parquet", buffer.getvalue())
+    etag = put(s3, "in.parquet", parquet_bytes(rows, 10_000))
     calls = recorded_gets(s3, monkeypatch)
-    with S3Input(s3, BUCKET, "in.parquet", etag, threading.Event(), sequential=False) as source:
-        read = pd.concat(list(iter_batches(source, FileFormat("parquet"), 4_000, ("x",))))
-    pd.testing.assert_frame_equal(read.reset_index(drop=True), rows)
+    pd.testing.assert_frame_equal(read_parquet(s3, "in.parquet", etag, None), rows)
     assert all(call["IfMatch"] == f'"{etag}"' for call in calls)
     # the footer (with the size), then one stream from the first row group (after the
     # 4-byte magic) that each next row group continues
@@ -76,24 +100,65 @@ def test_parquet_is_read_by_row_group_with_conditional_ranged_gets(s3, monkeypat
 
 def test_a_broken_row_group_stream_resumes_where_it_broke(s3, monkeypatch):
     rows = frame(50_000)
-    buffer = io.BytesIO()
-    rows.to_parquet(buffer, index=False, row_group_size=10_000)
-    etag = put(s3, "in.parquet", buffer.getvalue())
+    etag = put(s3, "in.parquet", parquet_bytes(rows, 10_000))
     calls = recorded_gets(s3, monkeypatch)
-    recorded = s3.get_object
-
-    def breaking(**kwargs: Any) -> dict[str, Any]:
-        response = recorded(**kwargs)
-        if len(calls) == 2:
-            response["Body"] = BrokenBody(response["Body"], after=100_000)
-        return response
-
-    monkeypatch.setattr(s3, "get_object", breaking)
-    with S3Input(s3, BUCKET, "in.parquet", etag, threading.Event(), sequential=False) as source:
-        read = pd.concat(list(iter_batches(source, FileFormat("parquet"), 4_000, ("x",))))
-    pd.testing.assert_frame_equal(read.reset_index(drop=True), rows)
+    break_get(s3, monkeypatch, calls, 2)
+    pd.testing.assert_frame_equal(read_parquet(s3, "in.parquet", etag, None), rows)
     assert [call["Range"] for call in calls] == ["bytes=-65536", "bytes=4-", "bytes=100004-"]
     assert {call["IfMatch"] for call in calls} == {f'"{etag}"'}
+
+
+def test_a_parquet_input_announced_small_comes_in_one_conditional_get(s3, monkeypatch):
+    rows = frame(50_000)
+    data = parquet_bytes(rows, 10_000)
+    etag = put(s3, "in.parquet", data)
+    calls = recorded_gets(s3, monkeypatch)
+    pd.testing.assert_frame_equal(read_parquet(s3, "in.parquet", etag, len(data)), rows)
+    assert calls == [{"Bucket": BUCKET, "Key": "in.parquet", "IfMatch": f'"{etag}"'}]
+
+
+def test_a_broken_whole_get_resumes_where_it_broke(s3, monkeypatch):
+    rows = frame(50_000)
+    data = parquet_bytes(rows, 50_000)
+    etag = put(s3, "in.parquet", data)
+    calls = recorded_gets(s3, monkeypatch)
+    break_get(s3, monkeypatch, calls, 1)
+    pd.testing.assert_frame_equal(read_parquet(s3, "in.parquet", etag, len(data)), rows)
+    assert [call.get("Range") for call in calls] == [None, f"bytes=100000-{len(data) - 1}"]
+    assert {call["IfMatch"] for call in calls} == {f'"{etag}"'}
+
+
+@pytest.mark.parametrize(
+    ("announced", "ranges"),
+    [
+        (1_000, [None, "bytes=-65536", "bytes=4-"]),  # bigger than announced: dropped
+        ("size", ["bytes=-65536", "bytes=4-"]),  # announced above WHOLE_BYTES
+    ],
+)
+def test_an_input_above_the_limit_is_read_by_row_group(s3, monkeypatch, announced, ranges):
+    rows = frame(50_000)
+    data = parquet_bytes(rows, 10_000)
+    etag = put(s3, "in.parquet", data)
+    monkeypatch.setattr(s3_stream, "WHOLE_BYTES", len(data) - 1)
+    calls = recorded_gets(s3, monkeypatch)
+    size = len(data) if announced == "size" else announced
+    pd.testing.assert_frame_equal(read_parquet(s3, "in.parquet", etag, size), rows)
+    assert [call.get("Range") for call in calls] == ranges
+
+
+@pytest.mark.parametrize("announced", [None, 0])
+def test_an_empty_parquet_input_is_named_unreadable_either_way(s3, announced):
+    etag = put(s3, "empty.parquet", b"")
+    with pytest.raises(MalformedBody, match="not a readable parquet file"):
+        read_parquet(s3, "empty.parquet", etag, announced)
+
+
+@pytest.mark.parametrize("announced", [None, 10])
+def test_a_replaced_parquet_input_fails_its_condition_either_way(s3, announced):
+    etag = put(s3, "in.parquet", parquet_bytes(frame(10), 10))
+    put(s3, "in.parquet", parquet_bytes(frame(20), 10))
+    with pytest.raises(batch.InputChanged):
+        read_parquet(s3, "in.parquet", etag, announced)
 
 
 @pytest.mark.parametrize("name", ["in.csv", "in.csv.gz", "in.jsonl", "in.jsonl.gz"])
