@@ -1,7 +1,7 @@
 """An output object uploaded while it is produced: whole or not at all, and conditional.
 
-The writer's bytes go up as multipart parts, a few in flight while it fills the next;
-nothing is visible until `commit` completes the upload with If-None-Match: * (S3 and
+The writer's bytes go up as multipart parts, a few in flight while it fills the next (parts
+of PART_BYTES, doubling every PART_GROWTH parts: S3 takes at most 10,000); nothing is visible until `commit` completes the upload with If-None-Match: * (S3 and
 moto both check it on CompleteMultipartUpload). An output that replaces an existing
 object must be written If-Match that object's ETag: S3 checks that on completion too, but
 moto 5.2.5 ignores it there (it checks it on PutObject), so such an output is spooled to
@@ -22,8 +22,9 @@ from service import batch
 
 MB = 1024 * 1024
 PART_BYTES = 16 * MB
+PART_GROWTH = 1000  # parts double in size every this many, so 10,000 parts never run out
 PARTS_IN_FLIGHT = 2  # parts uploading while the writer fills the next one
-PUT_LIMIT = 5 * 1024 * MB  # S3's largest single PutObject
+PUT_LIMIT = 5 * 1024 * MB  # S3's largest single PutObject, and its largest part
 
 
 class S3Output:
@@ -78,10 +79,13 @@ class S3Output:
         view = memoryview(data).cast("B")
         self._buffer += view
         self._written += len(view)
-        if len(self._buffer) >= PART_BYTES:
+        if len(self._buffer) >= self._part_bytes():
             self._ship(bytes(self._buffer))
             self._buffer.clear()
         return len(view)
+
+    def _part_bytes(self) -> int:
+        return min(PART_BYTES << (len(self._parts) // PART_GROWTH), PUT_LIMIT)
 
     def commit(self, metadata_rows: dict[str, str]) -> None:
         """Make the output visible under the condition; `metadata_rows` joins its metadata

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from moto import mock_aws
 
-from service import batch, s3_stream
+from service import batch, s3_stream, s3_upload
 from service.errors import MalformedBody
 from service.files import FileFormat, iter_batches
 from service.s3_stream import S3Input
@@ -235,6 +235,28 @@ def test_a_large_output_goes_up_in_parts_and_appears_only_when_complete(s3):
     assert s3.get_object(Bucket=BUCKET, Key="out.bin")["Body"].read() == data
     assert s3.head_object(Bucket=BUCKET, Key="out.bin")["Metadata"] == {"input-etag": "e"}
     assert uploads(s3) == []
+
+
+def test_parts_grow_so_that_s3s_10000_parts_never_run_out(s3, monkeypatch):
+    mib = 1024 * 1024
+    monkeypatch.setattr(s3_upload, "PART_BYTES", 5 * mib)  # S3's smallest part
+    monkeypatch.setattr(s3_upload, "PART_GROWTH", 2)  # double every 2 parts, not 1,000
+    sizes: list[int] = []
+    real_upload_part = s3.upload_part
+
+    def recorded(**kwargs: Any) -> dict[str, Any]:
+        sizes.append(len(kwargs["Body"]))
+        return real_upload_part(**kwargs)
+
+    monkeypatch.setattr(s3, "upload_part", recorded)
+    files = side(s3)
+    output = files.open_output("grown.bin", {}, None)
+    data = write_parts(output, 25 * mib + 1000)
+    assert files.commit(output, {})
+    assert s3.get_object(Bucket=BUCKET, Key="grown.bin")["Body"].read() == data
+    # 3 MiB writes: a part ships once the buffer holds 5 MiB, from the third part 10 MiB;
+    # the rest is the last part
+    assert [round(size / mib) for size in sizes] == [6, 6, 12, 1]
 
 
 def test_metadata_declared_before_the_first_part_is_on_a_large_output(s3):
