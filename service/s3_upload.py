@@ -1,11 +1,12 @@
 """An output object uploaded while it is produced: whole or not at all, and conditional.
 
 The writer's bytes go up as multipart parts, a few in flight while it fills the next (parts
-of PART_BYTES, doubling every PART_GROWTH parts: S3 takes at most 10,000); nothing is visible until `commit` completes the upload with If-None-Match: * (S3 and
-moto both check it on CompleteMultipartUpload). An output that replaces an existing
-object must be written If-Match that object's ETag: S3 checks that on completion too, but
-moto 5.2.5 ignores it there (it checks it on PutObject), so such an output is spooled to
-local disk and written with one conditional PutObject, which every S3 checks.
+of PART_BYTES, doubling every PART_GROWTH parts: S3 takes at most 10,000); nothing is
+visible until `commit` completes the upload with If-None-Match: * (S3 and moto both check
+it on CompleteMultipartUpload). An output that replaces an existing object must be written
+If-Match that object's ETag: S3 checks that on completion too, but moto 5.2.5 ignores it
+there (it checks it on PutObject), so such an output is spooled to local disk and written
+with one conditional PutObject, which every S3 checks.
 An output smaller than one part is one conditional PutObject as well.
 """
 
