@@ -38,6 +38,7 @@ from service.frames import (
     is_number_dtype,
     labels_of,
 )
+from service.json_tables import holds_only_numbers, numeric_table
 from service.media import (
     CSV,
     JSON,
@@ -241,7 +242,7 @@ def decode_json(body: bytes, layout: Layout | None = None) -> Decoded:
     except orjson.JSONDecodeError as exc:
         document = _json_with_nan(body, exc)
     try:
-        return frame_from_json(document, layout)
+        return frame_from_json(document, layout, body)
     except UnicodeEncodeError:  # an unpaired surrogate escape, which only json.loads lets by
         raise MalformedBody(
             "the JSON holds an unpaired surrogate escape (such as \\ud800), which is no text: "
@@ -258,9 +259,10 @@ def _json_with_nan(body: bytes, exc: orjson.JSONDecodeError) -> Any:
         raise MalformedBody(f"the body is not valid JSON ({exc}): {JSON_SHAPES_HELP}") from None
 
 
-def frame_from_json(document: Any, layout: Layout | None = None) -> Decoded:
+def frame_from_json(document: Any, layout: Layout | None = None, body: bytes = b"") -> Decoded:
     """MLflow's request shapes (exactly one format key; `params` ignored), a list of
-    records or of rows, or one record."""
+    records or of rows, or one record. `body`, the bytes parsed, lets a large table of
+    numbers take numpy's path (service.json_tables)."""
     if isinstance(document, list):
         return _rows(document, "the JSON list", layout)
     if not isinstance(document, dict):
@@ -281,7 +283,7 @@ def frame_from_json(document: Any, layout: Layout | None = None) -> Decoded:
     key = keys[0]
     value = document[key]
     if key == "dataframe_split":
-        return Decoded(_split(value))
+        return Decoded(_split(value, lambda: _numbers_only(body, document, key)))
     if key == "dataframe_records":
         return Decoded(_records(value, key))
     if isinstance(value, dict):
@@ -317,7 +319,12 @@ def _all_lists(values: list[Any]) -> bool:
     return not values or frozenset(map(type, values)) == _ONLY_LIST
 
 
-def _split(value: Any) -> pd.DataFrame:
+def _numbers_only(body: bytes, document: dict[str, Any], key: str) -> bool:
+    """Whether the body's dataframe_split rows hold only numbers and nulls (json_tables)."""
+    return bool(body) and holds_only_numbers(body, {**document, key: {**document[key], "data": []}})
+
+
+def _split(value: Any, numbers_only: Callable[[], bool] = lambda: False) -> pd.DataFrame:
     if not isinstance(value, dict) or not isinstance(value.get("columns"), list):
         raise MalformedBody('dataframe_split needs "columns": [names] and "data": [[row], ...]')
     columns, data = value["columns"], value.get("data")
@@ -330,6 +337,8 @@ def _split(value: Any) -> pd.DataFrame:
     if not all(isinstance(c, str) for c in columns) or len(set(columns)) != len(columns):
         raise MalformedBody('dataframe_split "columns" must be distinct strings')
     fast = _small_frame(columns, data)
+    if fast is None and len(data) > SMALL_FRAME_ROWS and numbers_only():
+        fast = numeric_table(column_index(tuple(columns)), data)
     if fast is None:  # a shared Index: its checks (is_unique, ...) are done once
         return pd.DataFrame(data, columns=column_index(tuple(columns)))
     return fast
