@@ -54,11 +54,12 @@ def numeric_table(columns: pd.Index, rows: list[list[Any]]) -> pd.DataFrame | No
         return None
     if (np.abs(table) >= _INT64_BOUND).any() or np.isnan(table).all(axis=0).any():
         return None
-    integers = {
-        position: np.array(list(map(itemgetter(position), rows)), dtype=np.int64)
-        for position, value in enumerate(rows[0])
-        if type(value) is int and frozenset(map(type, map(itemgetter(position), rows))) == _ONLY_INT
-    }
+    integers = {}
+    for position, value in enumerate(rows[0]):
+        if type(value) is int:
+            column = list(map(itemgetter(position), rows))
+            if frozenset(map(type, column)) == _ONLY_INT:
+                integers[position] = np.array(column, dtype=np.int64)
     floats = [position for position in range(len(columns)) if position not in integers]
     blocks = []
     if floats:
