@@ -11,6 +11,7 @@ keeps as objects, go to pandas too.
 
 from __future__ import annotations
 
+from itertools import chain
 from operator import itemgetter
 from typing import Any
 
@@ -24,6 +25,7 @@ _MARKS = (ord('"'), ord("r"), ord("s"))
 _BACKSLASH = ord("\\")
 _ONLY_INT = frozenset({int})
 _INT64_BOUND = 2.0**63
+_FLOAT_EXACT = 2.0**53
 
 
 def holds_only_numbers(body: bytes, skeleton: Any) -> bool:
@@ -45,27 +47,45 @@ def holds_only_numbers(body: bytes, skeleton: Any) -> bool:
 def numeric_table(columns: pd.Index, rows: list[list[Any]]) -> pd.DataFrame | None:
     """The frame `pd.DataFrame(rows, columns=columns)` builds from rows of ints, floats and
     nulls (see the module docstring); None when numpy cannot make them one float64 table
-    or pandas would keep a column as objects."""
-    try:
-        table = np.array(rows, dtype=np.float64)
-    except (ValueError, TypeError, OverflowError):
-        return None
-    if table.ndim != 2 or table.shape[1] != len(columns):
+    or pandas would keep a column as objects. Every row holds len(columns) values (the
+    caller checked)."""
+    table = _float_table(rows, len(columns))
+    if table is None:
         return None
     if (np.abs(table) >= _INT64_BOUND).any() or np.isnan(table).all(axis=0).any():
         return None
-    integers = {}
-    for position, value in enumerate(rows[0]):
-        if type(value) is int:
-            column = list(map(itemgetter(position), rows))
-            if frozenset(map(type, column)) == _ONLY_INT:
-                integers[position] = np.array(column, dtype=np.int64)
-    floats = [position for position in range(len(columns)) if position not in integers]
+    first = rows[0]
+    integers = [
+        position
+        for position, value in enumerate(first)
+        if type(value) is int and frozenset(map(type, map(itemgetter(position), rows))) == _ONLY_INT
+    ]
     blocks = []
-    if floats:
-        blocks.append((np.ascontiguousarray(table[:, floats].T), np.array(floats, dtype=np.intp)))
+    if len(integers) < len(columns):
+        floats = [position for position in range(len(columns)) if position not in integers]
+        blocks.append((table.T[floats], np.array(floats, dtype=np.intp)))
     if integers:
-        positions = sorted(integers)
-        stacked = np.array([integers[position] for position in positions])
-        blocks.append((stacked, np.array(positions, dtype=np.intp)))
+        blocks.append((_int_block(table, rows, integers), np.array(integers, dtype=np.intp)))
     return create_dataframe_from_blocks(blocks, index=pd.RangeIndex(len(rows)), columns=columns)
+
+
+def _float_table(rows: list[list[Any]], width: int) -> np.ndarray | None:
+    """The rows as one float64 matrix: numpy reads a flat run of numbers faster than nested
+    lists, and only the nested read turns null into NaN."""
+    try:
+        try:
+            flat = np.fromiter(chain.from_iterable(rows), np.float64, count=len(rows) * width)
+        except TypeError:  # a null (or something numpy rejects either way)
+            return np.array(rows, dtype=np.float64)
+    except (ValueError, TypeError, OverflowError):
+        return None
+    return flat.reshape(len(rows), width)
+
+
+def _int_block(table: np.ndarray, rows: list[list[Any]], integers: list[int]) -> np.ndarray:
+    """The int columns as int64 rows of a block: from the float table while every value is
+    below 2**53 (where a float holds an int exactly), else from the ints themselves."""
+    part = table[:, integers]
+    if (np.abs(part) < _FLOAT_EXACT).all():
+        return part.T.astype(np.int64)
+    return np.array([list(map(itemgetter(position), rows)) for position in integers], np.int64)

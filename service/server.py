@@ -50,6 +50,7 @@ QUEUE_LOG_SECONDS = 10.0
 RESTART_BACKOFF_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 STABLE_SECONDS = 30.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+YOUNG_OBJECTS = 20_000  # the cyclic collector's first threshold once a model is loaded
 
 
 def run_server(settings: ServeSettings) -> int:
@@ -174,10 +175,15 @@ def settle_heap(_bundle: object = None) -> None:
     unfreezes and collects first, so cycles of a model that was still referenced at the
     last load (by requests in flight) are collected at the next one: at most one old
     model's cyclic garbage waits, never an accumulation.
+
+    The youngest generation is then collected after YOUNG_OBJECTS new objects instead of
+    700: a 1,000-row JSON request holds a list per row while it decodes, which set off
+    one young collection per request (0.1 ms), although reference counting frees them.
     """
     gc.unfreeze()
     gc.collect()
     gc.freeze()
+    gc.set_threshold(YOUNG_OBJECTS, *gc.get_threshold()[1:])
 
 
 def _log_ready(settings: ServeSettings) -> Callable[[ModelStore], None]:

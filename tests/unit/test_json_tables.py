@@ -115,3 +115,13 @@ def test_a_column_of_nulls_only_stays_objects_as_in_pandas() -> None:
 def test_an_escaped_name_skips_the_byte_count() -> None:
     body = b'{"dataframe_split": {"columns": ["\\u0061"], "data": []}}'
     assert not json_tables.holds_only_numbers(body, json.loads(body))
+
+
+@pytest.mark.parametrize("big", [2**53 + 1, -(2**62) - 1, 2**63 - 1])
+def test_an_int_column_keeps_ints_a_float_cannot_hold(big: int) -> None:
+    rows = [[position, 0.5] for position in range(ROWS)]
+    rows[-1][0] = big
+    frame = codecs.decode_json(body_of(rows)).frame
+    assert frame["c0"].dtype == np.dtype(np.int64)
+    assert int(frame["c0"].iloc[-1]) == big
+    pd.testing.assert_frame_equal(frame, expected(body_of(rows)))

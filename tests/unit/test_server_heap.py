@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
 
-from service.server import settle_heap
+import pytest
+
+from service.server import YOUNG_OBJECTS, settle_heap
+
+
+@pytest.fixture(autouse=True)
+def _thresholds_restored() -> Iterator[None]:
+    before = gc.get_threshold()
+    yield
+    gc.set_threshold(*before)
 
 
 class _Cycle:
@@ -45,3 +55,24 @@ def test_garbage_cycles_are_collected_before_freezing_and_at_each_reload() -> No
     finally:
         gc.unfreeze()
         gc.enable()
+
+
+def test_a_thousand_rows_of_young_objects_set_off_no_collection() -> None:
+    later = gc.get_threshold()[1:]
+    collections: list[int] = []
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    try:
+        settle_heap()
+        gc.callbacks.append(count)
+        rows = [[row, 0.5] for row in range(1_000)]  # a 1,000-row JSON body's lists
+        assert len(rows) == 1_000 and collections == []
+        assert gc.get_threshold() == (YOUNG_OBJECTS, *later)
+        many = [[row] for row in range(YOUNG_OBJECTS + 1_000)]
+        assert len(many) > YOUNG_OBJECTS and collections  # the collector still runs
+    finally:
+        gc.callbacks.remove(count)
+        gc.unfreeze()
