@@ -3,7 +3,7 @@
 `pd.DataFrame(rows, columns=names)` infers each column's type value by value (about 1.2 ms
 for 1,000 rows of 31 columns). When every value is an int, a float or null, numpy converts
 the whole table to float64 in one call (null as NaN, as pandas does); a column whose values
-are all ints (int64 in pandas) is taken from the ints themselves. numpy would also take
+are all ints is int64, as in pandas, with each int exact. numpy would also take
 strings and booleans as numbers, where pandas would not, so the body's bytes must show
 none (`holds_only_numbers`); ints beyond 2**63, and columns of nulls only, which pandas
 keeps as objects, go to pandas too.
