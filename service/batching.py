@@ -10,13 +10,17 @@ dtypes) as one, and hands each its own rows back. A queued request waits at most
 receives requests: a request handled on waitress's event loop only waits for a
 prediction already running on another thread.
 
+`Batcher.predict_ready` is the same sharing for requests that are all here at once:
+the event loop hands it the small requests it read in one pass (see
+service/waitress_hooks.py), and they share calls without waiting for anything.
+
 A failed batch is retried one request at a time, so each request gets its own answer
 or its own error, never a neighbour's.
 """
 
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import pandas as pd
 
@@ -24,20 +28,31 @@ from service.artifacts import Bundle
 from service.model import predict as predict_frame
 
 Predict = Callable[[Bundle, pd.DataFrame], pd.DataFrame]
+Answer = pd.DataFrame | Exception
+E = TypeVar("E", bound="_Entry")
 
 
-class _Queued:
-    """One request waiting: its frame, and what the call that took it gave back."""
+class _Entry:
+    """One request's frame, and what the call that took it gave back."""
 
-    __slots__ = ("batch", "bundle", "done", "error", "frame", "key", "result")
+    __slots__ = ("bundle", "dtypes", "error", "frame", "result")
 
-    def __init__(self, bundle: Bundle, frame: pd.DataFrame, key: tuple[Any, ...]) -> None:
+    def __init__(self, bundle: Bundle, frame: pd.DataFrame) -> None:
         self.bundle = bundle
         self.frame = frame
-        self.key = key
-        self.done = threading.Event()
+        self.dtypes = tuple(frame.dtypes)
         self.result: pd.DataFrame | None = None
-        self.error: BaseException | None = None
+        self.error: Exception | None = None
+
+
+class _Queued(_Entry):
+    """One request waiting on a thread for its turn."""
+
+    __slots__ = ("batch", "done")
+
+    def __init__(self, bundle: Bundle, frame: pd.DataFrame) -> None:
+        super().__init__(bundle, frame)
+        self.done = threading.Event()
         self.batch: list[_Queued] | None = None  # set when this request is to run a batch
 
 
@@ -72,7 +87,7 @@ class Batcher:
             if leading:
                 self._busy = True
             else:
-                entry = _Queued(bundle, frame, _key(bundle, frame))
+                entry = _Queued(bundle, frame)
                 self._queue.append(entry)
         if leading:
             try:
@@ -80,6 +95,20 @@ class Batcher:
             finally:
                 self._hand_over()
         return self._await(entry)
+
+    def predict_ready(self, calls: list[tuple[Bundle, pd.DataFrame]]) -> list[Answer]:
+        """Each (bundle, frame)'s answer, or the exception its prediction raised; frames
+        that can share a call (as in `predict`) share one. Nothing waits: the requests
+        are all here."""
+        entries = [_Entry(bundle, frame) for bundle, frame in calls]
+        waiting = [entry for entry in entries if 0 < len(entry.frame) <= self.max_rows]
+        for entry in entries:
+            if not 0 < len(entry.frame) <= self.max_rows:
+                self._shared([entry])
+        while waiting:
+            batch, waiting = _fitting(waiting, self.max_rows)
+            self._shared(batch)
+        return [entry.result if entry.error is None else entry.error for entry in entries]
 
     def _alone(self, bundle: Bundle, frame: pd.DataFrame) -> pd.DataFrame:
         self.record(1)
@@ -116,18 +145,15 @@ class Batcher:
 
     def _take(self) -> list[_Queued]:
         """The oldest queued request and those after it that fit in its call (lock held)."""
-        first = self._queue[0]
-        batch, rest, rows = [first], [], len(first.frame)
-        for entry in self._queue[1:]:
-            if entry.key == first.key and rows + len(entry.frame) <= self.max_rows:
-                batch.append(entry)
-                rows += len(entry.frame)
-            else:
-                rest.append(entry)
-        self._queue = rest
+        batch, self._queue = _fitting(self._queue, self.max_rows)
         return batch
 
     def _run(self, batch: list[_Queued]) -> None:
+        self._shared(batch)
+        for entry in batch:
+            _finish(entry)
+
+    def _shared(self, batch: Sequence[_Entry]) -> None:
         """Predict the batch in one call and split the answer; one by one if that fails."""
         if len(batch) > 1:
             try:
@@ -140,16 +166,29 @@ class Batcher:
                 start = 0
                 for entry in batch:
                     stop = start + len(entry.frame)
-                    entry.result = result.iloc[start:stop].reset_index(drop=True)
+                    entry.result = result.iloc[
+                        start:stop
+                    ]  # its index: the rows' places in the call
                     start = stop
-                    _finish(entry)
                 return
         for entry in batch:
             try:
                 entry.result = self._alone(entry.bundle, entry.frame)
             except Exception as exc:
                 entry.error = exc
-            _finish(entry)
+
+
+def _fitting(entries: list[E], max_rows: int) -> tuple[list[E], list[E]]:
+    """The first entry and those after it that can share its call; then the others."""
+    first = entries[0]
+    batch, rest, rows = [first], [], len(first.frame)
+    for entry in entries[1:]:
+        if _alike(entry, first) and rows + len(entry.frame) <= max_rows:
+            batch.append(entry)
+            rows += len(entry.frame)
+        else:
+            rest.append(entry)
+    return batch, rest
 
 
 def _finish(entry: _Queued) -> None:
@@ -157,7 +196,12 @@ def _finish(entry: _Queued) -> None:
         entry.done.set()
 
 
-def _key(bundle: Bundle, frame: pd.DataFrame) -> tuple[Any, ...]:
+def _alike(one: _Entry, other: _Entry) -> bool:
     """Frames share a call only with the same bundle object (a hot reload makes a new
     one), the same columns in the same order and the same dtypes."""
-    return (id(bundle), tuple(frame.columns), tuple(frame.dtypes))
+    columns = one.frame.columns
+    return (
+        one.bundle is other.bundle
+        and (columns is other.frame.columns or columns.equals(other.frame.columns))
+        and one.dtypes == other.dtypes
+    )

@@ -34,7 +34,7 @@ import orjson
 
 from service import metrics
 from service.artifacts import ModelStore
-from service.settings import BATCHING_THREADS, ServeSettings
+from service.settings import ServeSettings
 from service.waitress_hooks import (
     DRAIN_SECONDS,
     AcceptBalance,
@@ -60,22 +60,11 @@ def run_server(settings: ServeSettings) -> int:
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s (set HOST/PORT)", settings.host, settings.port, exc)
         return 1
-    warn_if_batching_cannot_gather(settings)
     shared = metrics.Metrics(settings.workers)
     if not hasattr(os, "fork"):
         log.warning("this platform cannot fork: serving with one process")
         return serve_process(listener, settings, shared.slot(0), report=_log_ready(settings))
     return Supervisor(listener, settings, shared).run()
-
-
-def warn_if_batching_cannot_gather(settings: ServeSettings) -> None:
-    if settings.batch_max_rows and settings.threads == 1:
-        log.warning(
-            "BATCH_MAX_ROWS=%d gathers nothing with THREADS=1: a process runs one request "
-            "after another. Leave THREADS unset (%d with batching) or raise it",
-            settings.batch_max_rows,
-            BATCHING_THREADS,
-        )
 
 
 def bind(host: str, port: int) -> socket.socket:

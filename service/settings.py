@@ -7,9 +7,9 @@ the process with a message that names the variable and what it accepts.
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.errors import SettingsError
@@ -30,10 +30,6 @@ SAGEMAKER_VARIABLES = {
 # Where SageMaker unpacks the model's ModelDataUrl (model.tar.gz): <base>/model, the
 # base being SAGEMAKER_BASE_DIR or /opt/ml (sagemaker_inference/environment.py).
 SAGEMAKER_BASE_DIR = "/opt/ml"
-
-# THREADS when BATCH_MAX_ROWS is set and THREADS is not: batching gathers the requests a
-# process runs at the same time, and one thread runs them one after another.
-BATCHING_THREADS = 4
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 OutputFormat = Literal["parquet", "csv", "jsonl"]
@@ -83,8 +79,7 @@ class ServeSettings(CommonSettings):
         description="Request threads per process (1-256). With 1, a process predicts one "
         "request after another: predictions that hold the GIL gain nothing from more "
         "threads, only interleave and wait longer. Raise it for a model that waits on I/O "
-        f"or releases the GIL. With BATCH_MAX_ROWS set it defaults to {BATCHING_THREADS}, "
-        "so requests can gather. GETs, and small requests that prove fast, run on the "
+        "or releases the GIL. GETs, and small requests that prove fast, run on the "
         "process's event loop.",
     )
     max_request_mb: float = Field(
@@ -118,25 +113,18 @@ class ServeSettings(CommonSettings):
         ge=0,
         le=100_000,
         description="Adaptive batching (0-100,000; 0: off): requests of at most this many "
-        "rows that arrive while a prediction runs share the next call, up to this many rows "
-        "in all. Answers may then differ from one-by-one in the last bits (BLAS sums rows "
-        "in another order).",
+        "rows share model calls, up to this many rows in all: the small requests a "
+        "process's event loop reads in one pass, and, with THREADS above 1, those that "
+        "arrive while a prediction runs. Answers may then differ from one-by-one in the "
+        "last bits (BLAS sums rows in another order).",
     )
     batch_wait_ms: float = Field(
         2.0,
         ge=0,
         le=1000,
-        description="Longest a batched request waits for the prediction in flight before "
-        "it runs on its own (ms, 0-1000); a request alone never waits.",
+        description="Longest a request on a thread waits for the prediction in flight "
+        "before it runs on its own (ms, 0-1000); a request alone never waits.",
     )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _threads_for_batching(cls, values: Any) -> Any:
-        batching = isinstance(values, dict) and _whole_number(values.get("batch_max_rows")) > 0
-        if batching and "threads" not in values:
-            return {**values, "threads": BATCHING_THREADS}
-        return values
 
     @field_validator("default_accept")
     @classmethod
@@ -175,14 +163,6 @@ class WorkerSettings(CommonSettings):
 
 
 SettingsT = TypeVar("SettingsT", bound=CommonSettings)
-
-
-def _whole_number(value: Any) -> int:
-    """An integer setting's raw value, 0 when it is none (its own check says why)."""
-    try:
-        return int(str(value).strip())
-    except ValueError:
-        return 0
 
 
 def load_settings(cls: type[SettingsT], environ: Mapping[str, str] | None = None) -> SettingsT:
@@ -242,8 +222,6 @@ def settings_table() -> str:
 def _default_text(name: str, default: object) -> str:
     if name == "workers":
         return "CPU count"
-    if name == "threads":
-        return f"`{default}` (`{BATCHING_THREADS}` with `BATCH_MAX_ROWS`)"
     return "unset" if default is None else f"`{default}`"
 
 

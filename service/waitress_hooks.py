@@ -19,6 +19,13 @@ those functions differs, so an upgrade is a decision, not a surprise:
 - `LoopDispatcher.add_task` + `_Channel.service`: small POSTs that proved fast run on
   the event-loop thread (`HTTPChannel.received` hands a complete request to
   `server.add_task`, which calls the dispatcher's `add_task`).
+- `LoopDispatcher.run_ready` + `_Task.get_environment`: with batching on, the small
+  POSTs one loop pass read are predicted together before each is served; their
+  environs are built first (`WSGITask.get_environment`) and kept on the request, where
+  the task serving it takes its environ from.
+- `LoopDispatcher.take_queued` + `_Channel.service`: with batching on, a request thread
+  that takes a POST from the queue (`ThreadedTaskDispatcher.handler_thread`) takes the
+  POSTs queued behind it too, predicts them together and serves them.
 - `ProcessServer`: drives `wasyncore.poll2` over the server's map itself (so it can
   tick, stop accepting and drain), and wraps the server's `readable`/`handle_accept`
   for AcceptBalance.
@@ -33,7 +40,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import waitress
@@ -130,7 +137,15 @@ class AcceptBalance:
 
 class _Task(WSGITask):
     """Tells the client to close the connection once the process is stopping, or when
-    this process holds more connections than another (AcceptBalance.crowded)."""
+    this process holds more connections than another (AcceptBalance.crowded); takes
+    the environ `LoopDispatcher` built for its request, if it did."""
+
+    def get_environment(self) -> dict[str, Any]:
+        environ = getattr(self.request, "ready_environ", None)
+        if environ is None:
+            return super().get_environment()
+        self.environ = environ
+        return environ
 
     def build_response_header(self) -> bytes:
         server = self.channel.server
@@ -186,6 +201,10 @@ def small_post(request: Any) -> bool:
     return _small(request, ("POST",))
 
 
+def _post(request: Any) -> bool:
+    return not request.error and request.command == "POST"
+
+
 def _small(request: Any, methods: tuple[str, ...]) -> bool:
     return (
         not request.error
@@ -206,9 +225,12 @@ class LoopDispatcher(ThreadedTaskDispatcher):
     answered while the threads predict; big bodies always go to the threads.
     """
 
-    def __init__(self, threads: int) -> None:
+    def __init__(
+        self, threads: int, predict_ready: Callable[[list[dict[str, Any]]], None] | None = None
+    ) -> None:
         super().__init__()
         self.ready: deque[HTTPChannel] = deque()
+        self.predict_ready = predict_ready
         self.fast_in_a_row = 0
         self.loop_thread = threading.get_ident()
         self.set_thread_count(threads)
@@ -230,8 +252,42 @@ class LoopDispatcher(ThreadedTaskDispatcher):
 
     def run_ready(self) -> None:
         """Serve the requests `add_task` kept for the loop (called by the loop)."""
+        shared = None
+        if self.predict_ready is not None and len(self.ready) > 1:
+            shared = self.predict_together(self.ready, small_post)
         while self.ready:
             self.ready.popleft().service()
+        if shared is not None:
+            self.observe(shared)
+
+    def take_queued(self) -> list[HTTPChannel]:
+        """The POSTs waiting for a request thread, out of the queue (batching on): the
+        thread that calls this predicts them with its own and serves them."""
+        with self.lock:
+            taken = [channel for channel in self.queue if _post(channel.requests[0])]
+            for channel in taken:
+                self.queue.remove(channel)
+        return taken
+
+    def predict_together(
+        self, channels: Iterable[HTTPChannel], eligible: Callable[[Any], bool]
+    ) -> float | None:
+        """Hand the eligible requests among `channels` to `predict_ready` at once, so
+        they share model calls; each is then served with what it left in its environ.
+        The seconds it took, to observe once they are served: a pass slower than
+        INLINE_SLOW_SECONDS sends the next small POSTs to the threads."""
+        environs = []
+        for channel in channels:
+            request = channel.requests[0]
+            if eligible(request) and channel.connected:
+                request.ready_environ = channel.task_class(channel, request).get_environment()
+                environs.append(request.ready_environ)
+        if len(environs) < 2:
+            return None
+        started = time.perf_counter()
+        assert self.predict_ready is not None
+        self.predict_ready(environs)
+        return time.perf_counter() - started
 
     def shutdown(self, cancel_pending: bool = True, timeout: float = 5) -> bool:
         while self.ready:
@@ -295,11 +351,33 @@ class _Channel(HTTPChannel):
         return super().write_soon(data)
 
     def service(self) -> None:
-        if not small_post(self.requests[0]):
+        dispatcher = self.server.task_dispatcher
+        request = self.requests[0]
+        if (
+            dispatcher.predict_ready is not None
+            and threading.get_ident() != dispatcher.loop_thread
+            and getattr(request, "ready_environ", None) is None
+            and _post(request)
+        ):
+            return self._serve_with_queued(dispatcher)
+        if not small_post(request):
             return super().service()
         started = time.perf_counter()
         super().service()
-        self.server.task_dispatcher.observe(time.perf_counter() - started)
+        dispatcher.observe(time.perf_counter() - started)
+
+    def _serve_with_queued(self, dispatcher: "LoopDispatcher") -> None:
+        """On a request thread with batching on: the POSTs queued behind this one are
+        predicted with it, then served here one after another."""
+        company = dispatcher.take_queued()
+        shared = dispatcher.predict_together([self, *company], _post) if company else None
+        for channel in (self, *company):
+            small, started = small_post(channel.requests[0]), time.perf_counter()
+            HTTPChannel.service(channel)
+            if small:
+                dispatcher.observe(time.perf_counter() - started)
+        if shared is not None:
+            dispatcher.observe(shared)
 
     def idle(self) -> bool:
         """No request half-read, running or waiting for its response to be sent."""
@@ -317,7 +395,8 @@ class ProcessServer:
         balance: AcceptBalance | None = None,
     ) -> None:
         body_limit = int(settings.max_request_mb * 1024 * 1024)
-        self.dispatcher = LoopDispatcher(settings.threads)
+        batching = getattr(settings, "batch_max_rows", 0) > 0
+        self.dispatcher = LoopDispatcher(settings.threads, app.predict_ready if batching else None)
         self.server = create_server(
             app,
             sockets=[listener],
@@ -446,6 +525,7 @@ RELIED_ON: tuple[Any, ...] = (
     BaseWSGIServer.maintenance,
     HTTPChannel.received,
     HTTPChannel.service,
+    WSGITask.get_environment,
     HTTPChannel.write_soon,
     HTTPChannel.handle_write,
     HTTPChannel.handle_read,
@@ -458,6 +538,7 @@ RELIED_ON: tuple[Any, ...] = (
     Task.set_close_on_finish,
     ErrorTask.execute,
     ThreadedTaskDispatcher.add_task,
+    ThreadedTaskDispatcher.handler_thread,
     ThreadedTaskDispatcher.shutdown,
     wasyncore.poll2,
     wasyncore.close_all,

@@ -10,7 +10,9 @@ refused over MAX_REQUEST_MB), `codecs.read` (bytes -> rows, positional input nam
 by the bundle's `Layout`), `predict` (the path the batch worker shares) and
 `codecs.encode` (rows -> the negotiated type; headerless CSV stays headerless).
 `predict` goes through the process's `Batcher` (service/batching.py), which lets
-concurrent small requests share one call when BATCH_MAX_ROWS is set.
+concurrent small requests share one call when BATCH_MAX_ROWS is set; `predict_ready`
+does the first three steps for several requests at once, sharing the calls, and leaves
+each its answer for `invocations` to encode.
 
 API_KEY guards the model and its telemetry (/invocations, /metrics). The health
 checks (/ping, /health) and the public descriptions (/execution-parameters,
@@ -26,6 +28,7 @@ from http import HTTPStatus
 from typing import Any, NamedTuple, Protocol
 
 import orjson
+import pandas as pd
 
 from service import __version__, codecs, metrics, openapi
 from service.artifacts import Bundle
@@ -55,6 +58,7 @@ _CHUNK = 1 << 16
 MAX_PAYLOAD_MB = 100  # the most SageMaker batch transform accepts for MaxPayloadInMB
 
 StartResponse = Callable[..., Any]
+PREDICTED = "model_endpoint.predicted"  # the environ key of App.predict_ready's Predicted
 
 
 class Store(Protocol):
@@ -64,6 +68,23 @@ class Store(Protocol):
     last_error: str | None
     reloads: int
     reload_failures: int
+
+
+class Call(NamedTuple):
+    """A prediction request, decoded: what to predict with, the rows, the answer's type."""
+
+    bundle: Bundle
+    rows: codecs.Decoded
+    answer_type: str
+
+
+class Predicted(NamedTuple):
+    """A request predicted with others: when it began, and its answer or what refused it
+    (then `call` is None if it was refused before its rows were read)."""
+
+    started: float
+    call: Call | None
+    answer: pd.DataFrame | Exception
 
 
 class Response(NamedTuple):
@@ -166,7 +187,7 @@ class App:
         self._route_index = {path: i for i, path in enumerate(metrics.ROUTES)}
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
-        started = time.perf_counter()
+        started = environ[PREDICTED].started if PREDICTED in environ else time.perf_counter()
         path = environ.get("PATH_INFO") or "/"
         route = self._route_index.get(path, metrics.OTHER_ROUTE)
         try:
@@ -231,6 +252,26 @@ class App:
 
     def invocations(self, environ: dict[str, Any]) -> Response:
         """Predict the rows in the body with the bundle in use when the request began."""
+        done: Predicted | None = environ.pop(PREDICTED, None)
+        if done is None:
+            call = self.decode(environ)
+            result = self.batcher.predict(call.bundle, call.rows.frame)
+        else:
+            call, result = done.call, done.answer
+        if isinstance(result, Exception):
+            raise result
+        assert call is not None
+        if not call.rows.ids:
+            result = result.drop(columns=[call.bundle.id_column])
+        payload = codecs.encode(result, call.answer_type, header=call.rows.header)
+        headers = [
+            ("Content-Type", call.answer_type),
+            ("Content-Length", str(len(payload))),
+            *self.model_headers(call.bundle),
+        ]
+        return Response(200, headers, payload, rows=len(result))
+
+    def decode(self, environ: dict[str, Any]) -> Call:
         bundle = self.store.current
         if bundle is None:
             raise self._no_model()
@@ -238,16 +279,31 @@ class App:
         _refuse_content_encoding(environ.get("HTTP_CONTENT_ENCODING"))
         body = self.read_body(environ)
         rows = codecs.read(body, environ.get("CONTENT_TYPE"), self.layout(bundle))
-        result = self.batcher.predict(bundle, rows.frame)
-        if not rows.ids:
-            result = result.drop(columns=[bundle.id_column])
-        payload = codecs.encode(result, answer_type, header=rows.header)
-        headers = [
-            ("Content-Type", answer_type),
-            ("Content-Length", str(len(payload))),
-            *self.model_headers(bundle),
-        ]
-        return Response(200, headers, payload, rows=len(result))
+        return Call(bundle, rows, answer_type)
+
+    def predict_ready(self, environs: list[dict[str, Any]]) -> None:
+        """Decode the prediction requests among `environs`, which are all here now, and
+        predict their rows in shared calls. Each leaves its answer, or what refused it,
+        under PREDICTED in its environ; `__call__` then answers it as any request."""
+        ready: list[tuple[dict[str, Any], float, Call]] = []
+        for environ in environs:
+            if not self._predicts(environ):
+                continue
+            started = time.perf_counter()
+            try:
+                ready.append((environ, started, self.decode(environ)))
+            except Exception as exc:
+                environ[PREDICTED] = Predicted(started, None, exc)
+        answers = self.batcher.predict_ready([(call.bundle, call.rows.frame) for *_, call in ready])
+        for (environ, started, call), answer in zip(ready, answers, strict=True):
+            environ[PREDICTED] = Predicted(started, call, answer)
+
+    def _predicts(self, environ: dict[str, Any]) -> bool:
+        """Whether `dispatch` would hand this request to `invocations`."""
+        path = environ.get("PATH_INFO") or "/"
+        if self.routes.get(path, {}).get(environ["REQUEST_METHOD"]) != self.invocations:
+            return False
+        return self._api_key is None or path not in PROTECTED_ROUTES or self._authorized(environ)
 
     def read_body(self, environ: dict[str, Any]) -> bytes:
         """The request body, refused with 413 before reading more than the limit (+1 byte)."""

@@ -1,7 +1,9 @@
 """Adaptive batching through the real server (`python -m service serve`, waitress) under
 real concurrency: answers equal the one-by-one answers, batches form (the /metrics
 histogram says so), and a request whose rows fail gets its own 422 while its
-neighbours get their answers."""
+neighbours get their answers. Both ways requests gather: small ones read together by
+a process's event loop (THREADS 1), and ones on the request threads (bodies padded past
+INLINE_MAX_BYTES, THREADS 8)."""
 
 from __future__ import annotations
 
@@ -24,10 +26,12 @@ ROUNDS = 20
 SECONDS = 30
 
 
+MODES = {"loop": {"threads": 1}, "threads": {"threads": 8, "batch_wait_ms": 1000}}
+
+
 def padded(body: bytes) -> bytes:
     """The same JSON with trailing whitespace past INLINE_MAX_BYTES, so the server hands
-    each request to its threads (small bodies may be served one at a time on its event
-    loop, where there is no neighbour to batch with)."""
+    each request to its threads, never to its event loop."""
     return body + b" " * (INLINE_MAX_BYTES + 1 - len(body))
 
 
@@ -66,28 +70,31 @@ def bundles(tmp_path_factory: pytest.TempPathFactory, bundle_dir: Path, train_ex
 
 @pytest.fixture(scope="module")
 def servers(bundles, tmp_path_factory):
-    started: dict[str, EndpointServer] = {}
+    started: dict[tuple[str, str], EndpointServer] = {}
     try:
         for name, (folder, _) in bundles.items():
-            log = tmp_path_factory.mktemp("logs") / f"{name}.log"
-            server = EndpointServer(
-                log, model_uri=folder, workers=1, threads=8, batch_max_rows=64, batch_wait_ms=1000
-            )
-            started[name] = server.start()
+            for mode, settings in MODES.items():
+                log = tmp_path_factory.mktemp("logs") / f"{name}-{mode}.log"
+                server = EndpointServer(
+                    log, model_uri=folder, workers=1, batch_max_rows=64, **settings
+                )
+                started[name, mode] = server.start()
         yield started
     finally:
         for server in started.values():
             server.kill()
 
 
-def bodies(rows: pd.DataFrame) -> list[bytes]:
-    return [padded(encode_rows(rows.iloc[[i]], JSON)) for i in range(len(rows))]
+def bodies(rows: pd.DataFrame, mode: str) -> list[bytes]:
+    encoded = [encode_rows(rows.iloc[[i]], JSON) for i in range(len(rows))]
+    return [padded(body) for body in encoded] if mode == "threads" else encoded
 
 
+@pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("name", ["four-artifact", "pipeline"])
-def test_concurrent_answers_equal_one_by_one_and_share_calls(servers, bundles, name):
-    url = servers[name].url
-    requests_ = bodies(bundles[name][1])
+def test_concurrent_answers_equal_one_by_one_and_share_calls(servers, bundles, name, mode):
+    url = servers[name, mode].url
+    requests_ = bodies(bundles[name][1], mode)
     calls_before, served_before = batched_calls(url)
     alone = []
     for body in requests_:
@@ -110,10 +117,11 @@ def test_concurrent_answers_equal_one_by_one_and_share_calls(servers, bundles, n
     assert served > calls, f"{ROUNDS} rounds of {CLIENTS} clients never shared a call"
 
 
-def test_a_failing_request_fails_alone(servers, bundles):
-    url = servers["pipeline"].url
+@pytest.mark.parametrize("mode", list(MODES))
+def test_a_failing_request_fails_alone(servers, bundles, mode):
+    url = servers["pipeline", mode].url
     rows = bundles["pipeline"][1]
-    good = [body for body in bodies(rows) if b'"20' in body]
+    good = [body for body in bodies(rows, mode) if b'"20' in body]
     bad = [body.replace(b'"20', b'"not a date 20', 1) for body in good]
     assert len(good) >= CLIENTS
     wanted = [read_answer(post(url, body).content, JSON) for body in good]

@@ -218,3 +218,60 @@ def test_metrics_render_the_batch_size_histogram():
     assert metric(text, f"{name}_bucket", le="+Inf") == 4
     assert metric(text, f"{name}_count") == 4
     assert metric(text, f"{name}_sum") == 207
+
+
+# -- requests that are all here at once (the event loop's pass) --------------------------
+
+
+class Recording:
+    """The real predict, recording how many rows each call got."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def __call__(self, bundle, frame: pd.DataFrame) -> pd.DataFrame:
+        self.calls.append(len(frame))
+        return predict(bundle, frame)
+
+
+def test_requests_here_at_once_share_calls_by_kind_and_cap(bundle, sample_frame):
+    spy, sizes = Recording(), []
+    batcher = Batcher(4, wait_seconds=SECONDS, record=sizes.append, predict=spy)
+    frames = [one_row(sample_frame, i) for i in range(6)]
+    reordered = frames[1][list(reversed(frames[1].columns))]
+    big = sample_frame.iloc[10:15].reset_index(drop=True)
+    frames[2:2] = [reordered, big]
+    answers = batcher.predict_ready([(bundle, frame) for frame in frames])
+    # the frame over the cap first, alone; then the first four alike; then the odd one;
+    # then the rest
+    assert spy.calls == [5, 4, 1, 2]
+    assert sizes == [1, 4, 1, 2]
+    for frame, answer in zip(frames, answers, strict=True):
+        assert_same(answer, predict(bundle, frame))
+    assert not batcher._busy
+
+
+def test_a_failing_request_here_at_once_gets_its_own_error(bundle, sample_frame):
+    spy = Recording()
+    batcher = Batcher(64, wait_seconds=SECONDS, predict=spy)
+    bad = one_row(sample_frame, 3).copy()
+    bad.loc[0, bundle.input_columns[0]] = np.inf
+    frames = [one_row(sample_frame, 1), bad, one_row(sample_frame, 2)]
+    answers = batcher.predict_ready([(bundle, frame) for frame in frames])
+    assert spy.calls == [3, 1, 1, 1]
+    assert_same(answers[0], predict(bundle, frames[0]))
+    assert_same(answers[2], predict(bundle, frames[2]))
+    assert isinstance(answers[1], InvalidData) and "infinite" in answers[1].message
+
+
+def test_requests_here_at_once_never_mix_bundles(bundle_dir, sample_frame):
+    from service.artifacts import load_bundle
+
+    old, new = load_bundle(str(bundle_dir)), load_bundle(str(bundle_dir))
+    spy = Recording()
+    batcher = Batcher(64, wait_seconds=SECONDS, predict=spy)
+    row = one_row(sample_frame, 1)
+    answers = batcher.predict_ready([(old, row), (new, row), (old, row)])
+    assert spy.calls == [2, 1]
+    for answer in answers:
+        assert_same(answer, predict(old, row))

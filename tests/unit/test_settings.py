@@ -4,9 +4,8 @@ import pytest
 
 from service.__main__ import main
 from service.errors import SettingsError
-from service.server import _startup_line, warn_if_batching_cannot_gather
+from service.server import _startup_line
 from service.settings import (
-    BATCHING_THREADS,
     TABLE_END,
     TABLE_START,
     ServeSettings,
@@ -25,24 +24,18 @@ def test_defaults_follow_the_contract():
     assert settings.api_key is None
 
 
-def test_batching_gets_request_threads_unless_threads_is_set(caplog):
-    def threads(**env: str) -> ServeSettings:
+def test_batching_leaves_the_request_threads_as_they_are():
+    def settings(**env: str) -> ServeSettings:
         return load_settings(ServeSettings, {"MODEL_URI": "s3://b/models/m/1/", **env})
 
-    assert threads().threads == 1
-    assert threads(BATCH_MAX_ROWS="0").threads == 1
-    batching = threads(BATCH_MAX_ROWS="64")
-    assert batching.threads == BATCHING_THREADS > 1
-    assert threads(BATCH_MAX_ROWS="64", THREADS="2").threads == 2
-    with caplog.at_level("WARNING"):
-        warn_if_batching_cannot_gather(batching)
-        assert not caplog.records
-        warn_if_batching_cannot_gather(threads(BATCH_MAX_ROWS="64", THREADS="1"))
-    assert "BATCH_MAX_ROWS=64 gathers nothing with THREADS=1" in caplog.text
-    assert "x 4 threads, adaptive batching up to 64 rows (a queued request waits at most 2 ms)" in (
+    assert settings().threads == 1
+    batching = settings(BATCH_MAX_ROWS="64")
+    assert batching.threads == 1
+    assert settings(BATCH_MAX_ROWS="64", THREADS="2").threads == 2
+    assert "x 1 threads, adaptive batching up to 64 rows (a queued request waits at most 2 ms)" in (
         _startup_line(batching, 2, "model m version 1")
     )
-    assert "batching" not in _startup_line(threads(), 2, "model m version 1")
+    assert "batching" not in _startup_line(settings(), 2, "model m version 1")
 
 
 def test_missing_model_uri_names_the_variable():

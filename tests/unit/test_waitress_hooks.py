@@ -24,6 +24,14 @@ def test_the_installed_waitress_is_the_one_the_overrides_were_written_for() -> N
     assert found == DIGESTS
 
 
+def stop_serving(process, loop, listener) -> None:
+    """Stop a ProcessServer whose loop runs on `loop`, and close its listener."""
+    process.stop()
+    loop.join(5)
+    process.drain(seconds=1)
+    listener.close()
+
+
 DIGESTS: dict[str, str] = {
     "create_server": "2e506b208edceac2",
     "BaseWSGIServer.readable": "4eea9c1036b55b41",
@@ -31,6 +39,7 @@ DIGESTS: dict[str, str] = {
     "BaseWSGIServer.maintenance": "4ab5b7f595bc4253",
     "HTTPChannel.received": "08d6df73fb69da84",
     "HTTPChannel.service": "f73afa13748e1128",
+    "WSGITask.get_environment": "3bb57be6c7db4e59",
     "HTTPChannel.write_soon": "20eedb92a8237c47",
     "HTTPChannel.handle_write": "6c900f395b306f09",
     "HTTPChannel.handle_read": "5f1fb08c95aa00cc",
@@ -43,6 +52,7 @@ DIGESTS: dict[str, str] = {
     "Task.set_close_on_finish": "90433a0ffcaf34a7",
     "ErrorTask.execute": "4abe3262db04d291",
     "ThreadedTaskDispatcher.add_task": "1028105a9aed367d",
+    "ThreadedTaskDispatcher.handler_thread": "fe586964e3f09522",
     "ThreadedTaskDispatcher.shutdown": "f2550ddbfb8d46b9",
     "poll2": "f2ea2bd150ff2600",
     "close_all": "6b588549e9916191",
@@ -170,10 +180,7 @@ def test_a_crowded_process_ends_a_keep_alive_connection_after_its_response(
     finally:
         for client in clients:
             client.close()
-        process.stop()
-        loop.join(5)
-        process.drain(seconds=1)
-        listener.close()
+        stop_serving(process, loop, listener)
 
 
 def test_a_busier_process_leaves_a_new_connection_to_another_then_takes_it(
@@ -287,10 +294,7 @@ def loop_server(monkeypatch):
         yield SimpleNamespace(app=app, call=call, loop=loop, process=process, prove_fast=prove_fast)
     finally:
         connection.close()
-        process.stop()
-        loop.join(5)
-        process.drain(seconds=1)
-        listener.close()
+        stop_serving(process, loop, listener)
 
 
 def test_small_posts_run_on_the_loop_once_proved_fast(loop_server) -> None:
