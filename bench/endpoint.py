@@ -122,9 +122,12 @@ def start_ours(
     threads: int | None = None,
     source: Path = REPO_ROOT,
     name: str = "ours",
+    batch_rows: int = 0,
 ) -> Managed:
     """`python -m service serve` as the image runs it; `source` may be another checkout."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "BATCH_"))}
+    if batch_rows:
+        env["BATCH_MAX_ROWS"] = str(batch_rows)
     env.update(
         MODEL_URI=str(BUNDLE),
         HOST=LOOPBACK,
@@ -299,14 +302,19 @@ def scenarios(targets: dict[str, Target], bodies: dict[str, dict[str, Body]]) ->
 
 
 def start_targets(
-    workers: int, threads: int | None, compare: dict[str, Path], labels: list[str]
+    workers: int,
+    threads: int | None,
+    compare: dict[str, Path],
+    labels: list[str],
+    batch_rows: int = 0,
 ) -> dict[str, Target]:
     """Ours, the other trees of ours, then every peer configuration, each on a free port."""
     targets: dict[str, Target] = {}
     try:
         for label, source in {"ours": REPO_ROOT, **compare}.items():
             port = free_port()
-            server = start_ours(port, workers, threads, source, label)
+            rows = batch_rows if label == "ours" else 0
+            server = start_ours(port, workers, threads, source, label, rows)
             url = f"http://{LOOPBACK}:{port}/invocations"
             targets[label] = Target(label, url, "ours", server)
         for label in labels:
@@ -329,14 +337,18 @@ def run(
     threads: int | None = None,
     fast: bool = False,
     compare: dict[str, Path] | None = None,
+    batch_rows: int = 0,
 ) -> Recorder:
     """`compare`: label -> a source tree with another `service/`, run side by side with ours
-    (e.g. the code before an optimisation). `peer_labels`: keys of `peers.PEERS` (all)."""
+    (e.g. the code before an optimisation). `peer_labels`: keys of `peers.PEERS` (all).
+    `batch_rows`: our server's BATCH_MAX_ROWS (the compared trees keep batching off)."""
     workers = workers or os.cpu_count() or 1
     compare = compare or {}
     labels = list(peers.PEERS) if peer_labels is None else peer_labels
     recorder = Recorder("endpoint")
-    recorder.notes.update(workers=workers, threads=threads, seconds=seconds, rounds=rounds)
+    recorder.notes.update(
+        workers=workers, threads=threads, seconds=seconds, rounds=rounds, batch_rows=batch_rows
+    )
     recorder.notes["compare"] = {label: str(path) for label, path in compare.items()}
     recorder.notes["peers"] = {
         label: {"version": peers.VERSIONS[peers.PEERS[label].family], **vars(peers.PEERS[label])}
@@ -345,7 +357,7 @@ def run(
     ensure_bundle()
     peers.prepare(labels)
     bodies = write_bodies({peers.PEERS[label].family for label in labels})
-    targets = start_targets(workers, threads, compare, labels)
+    targets = start_targets(workers, threads, compare, labels, batch_rows)
     try:
         recorder.notes["max_abs_difference"] = {
             label: check_same_answers(targets["ours"], targets[label], bodies) for label in labels

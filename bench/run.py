@@ -28,6 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     endpoint.add_argument("--workers", type=int, default=None, help="server processes (nproc)")
     endpoint.add_argument("--threads", type=int, default=None, help="THREADS of our server")
     endpoint.add_argument(
+        "--batch-rows",
+        type=int,
+        default=0,
+        help="BATCH_MAX_ROWS of our server (not of the --compare trees); 0: off",
+    )
+    endpoint.add_argument(
         "--peers",
         default=",".join(PEERS),
         help=f"comma list of {', '.join(PEERS)} (all), or none",
@@ -86,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                 workers=getattr(args, "workers", None),
                 peer_labels=parse_peers(getattr(args, "peers", ",".join(PEERS))),
                 threads=getattr(args, "threads", None),
+                batch_rows=getattr(args, "batch_rows", 0),
                 fast=quick,
                 compare=parse_compare(getattr(args, "compare", [])),
             )

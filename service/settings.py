@@ -113,10 +113,11 @@ class ServeSettings(CommonSettings):
         ge=0,
         le=100_000,
         description="Adaptive batching (0-100,000; 0: off): requests of at most this many "
-        "rows share model calls, up to this many rows in all: the small requests a "
-        "process's event loop reads in one pass, and, with THREADS above 1, those that "
-        "arrive while a prediction runs. Answers may then differ from one-by-one in the "
-        "last bits (BLAS sums rows in another order).",
+        "rows share model calls, up to this many rows in all: small requests that reach a "
+        "process together (read in one pass of its event loop, or queued for its busy "
+        "request thread), and, with THREADS above 1, those that arrive while a prediction "
+        "runs. Answers may then differ from one-by-one in the last bits (BLAS sums rows in "
+        "another order).",
     )
     batch_wait_ms: float = Field(
         2.0,

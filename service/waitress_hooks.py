@@ -24,8 +24,8 @@ those functions differs, so an upgrade is a decision, not a surprise:
   environs are built first (`WSGITask.get_environment`) and kept on the request, where
   the task serving it takes its environ from.
 - `LoopDispatcher.take_queued` + `_Channel.service`: with batching on, a request thread
-  that takes a POST from the queue (`ThreadedTaskDispatcher.handler_thread`) takes the
-  POSTs queued behind it too, predicts them together and serves them.
+  that takes a small POST from the queue (`ThreadedTaskDispatcher.handler_thread`) takes
+  the small POSTs queued behind it too, predicts them together and serves them.
 - `ProcessServer`: drives `wasyncore.poll2` over the server's map itself (so it can
   tick, stop accepting and drain), and wraps the server's `readable`/`handle_accept`
   for AcceptBalance.
@@ -201,10 +201,6 @@ def small_post(request: Any) -> bool:
     return _small(request, ("POST",))
 
 
-def _post(request: Any) -> bool:
-    return not request.error and request.command == "POST"
-
-
 def _small(request: Any, methods: tuple[str, ...]) -> bool:
     return (
         not request.error
@@ -261,10 +257,11 @@ class LoopDispatcher(ThreadedTaskDispatcher):
             self.observe(shared)
 
     def take_queued(self) -> list[HTTPChannel]:
-        """The POSTs waiting for a request thread, out of the queue (batching on): the
-        thread that calls this predicts them with its own and serves them."""
+        """The small POSTs waiting for a request thread, out of the queue (batching on):
+        the thread that calls this predicts them with its own and serves them. Big bodies
+        stay queued: their rows rarely fit a shared call, and each would wait for all."""
         with self.lock:
-            taken = [channel for channel in self.queue if _post(channel.requests[0])]
+            taken = [channel for channel in self.queue if small_post(channel.requests[0])]
             for channel in taken:
                 self.queue.remove(channel)
         return taken
@@ -357,7 +354,7 @@ class _Channel(HTTPChannel):
             dispatcher.predict_ready is not None
             and threading.get_ident() != dispatcher.loop_thread
             and getattr(request, "ready_environ", None) is None
-            and _post(request)
+            and small_post(request)
         ):
             return self._serve_with_queued(dispatcher)
         if not small_post(request):
@@ -367,10 +364,10 @@ class _Channel(HTTPChannel):
         dispatcher.observe(time.perf_counter() - started)
 
     def _serve_with_queued(self, dispatcher: "LoopDispatcher") -> None:
-        """On a request thread with batching on: the POSTs queued behind this one are
-        predicted with it, then served here one after another."""
+        """On a request thread with batching on: the small POSTs queued behind this one
+        are predicted with it, then served here one after another."""
         company = dispatcher.take_queued()
-        shared = dispatcher.predict_together([self, *company], _post) if company else None
+        shared = dispatcher.predict_together([self, *company], small_post) if company else None
         for channel in (self, *company):
             small, started = small_post(channel.requests[0]), time.perf_counter()
             HTTPChannel.service(channel)
