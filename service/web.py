@@ -294,7 +294,11 @@ class App:
                 ready.append((environ, started, self.decode(environ)))
             except Exception as exc:
                 environ[PREDICTED] = Predicted(started, None, exc)
-        answers = self.batcher.predict_ready([(call.bundle, call.rows.frame) for *_, call in ready])
+        try:
+            answers = self.batcher.predict_ready([(c.bundle, c.rows.frame) for *_, c in ready])
+        except Exception as exc:  # their bodies are read: each must leave with an answer
+            log.exception("predicting %d requests together failed", len(ready))
+            answers = [exc] * len(ready)
         for (environ, started, call), answer in zip(ready, answers, strict=True):
             environ[PREDICTED] = Predicted(started, call, answer)
 

@@ -223,3 +223,33 @@ def test_posts_queued_for_the_busy_request_thread_share_one_call(server, bundle,
     for (status, got), frame in zip(answers, frames, strict=True):
         assert status == 200
         assert_answers(got, frame, bundle)
+
+
+def test_if_sharing_itself_fails_each_request_still_gets_a_clear_error(bundle, sample_frame):
+    """The requests' bodies are read before the shared call: a failure there must still
+    leave each with an answer (the generic 500), not a second read of an empty body."""
+    from werkzeug.test import EnvironBuilder
+
+    from service.web import PREDICTED
+
+    def broken(calls):
+        raise RuntimeError("a bug in the batcher")
+
+    app = create_app(FakeStore(bundle), AppConfig(1 << 20, batch_max_rows=64))
+    app.batcher.predict_ready = broken
+    environs = [
+        EnvironBuilder(
+            path="/invocations",
+            method="POST",
+            data=body_of(rows(sample_frame, i)),
+            content_type=JSON,
+        ).get_environ()
+        for i in (1, 2)
+    ]
+    app.predict_ready(environs)
+    statuses: list[str] = []
+    for environ in environs:
+        assert PREDICTED in environ
+        body = b"".join(app(environ, lambda status, headers: statuses.append(status)))
+        assert b"the server failed unexpectedly" in body
+    assert statuses == ["500 Internal Server Error"] * 2
