@@ -11,8 +11,9 @@ receives requests: a request handled on waitress's event loop only waits for a
 prediction already running on another thread.
 
 `Batcher.predict_ready` is the same sharing for requests that are all here at once:
-the event loop hands it the small requests it read in one pass (see
-service/waitress_hooks.py), and they share calls without waiting for anything.
+the small requests the event loop read in one pass, or that a request thread found
+queued behind its own (see service/waitress_hooks.py). They share calls without
+waiting for anything.
 
 A failed batch is retried one request at a time, so each request gets its own answer
 or its own error, never a neighbour's.
@@ -166,9 +167,8 @@ class Batcher:
                 start = 0
                 for entry in batch:
                     stop = start + len(entry.frame)
-                    entry.result = result.iloc[
-                        start:stop
-                    ]  # its index: the rows' places in the call
+                    # its index keeps the rows' places in the call: encoders ignore it
+                    entry.result = result.iloc[start:stop]
                     start = stop
                 return
         for entry in batch:

@@ -250,7 +250,7 @@ class LoopDispatcher(ThreadedTaskDispatcher):
         """Serve the requests `add_task` kept for the loop (called by the loop)."""
         shared = None
         if self.predict_ready is not None and len(self.ready) > 1:
-            shared = self.predict_together(self.ready, small_post)
+            shared = self.predict_together(self.ready)
         while self.ready:
             self.ready.popleft().service()
         if shared is not None:
@@ -266,17 +266,15 @@ class LoopDispatcher(ThreadedTaskDispatcher):
                 self.queue.remove(channel)
         return taken
 
-    def predict_together(
-        self, channels: Iterable[HTTPChannel], eligible: Callable[[Any], bool]
-    ) -> float | None:
-        """Hand the eligible requests among `channels` to `predict_ready` at once, so
-        they share model calls; each is then served with what it left in its environ.
+    def predict_together(self, channels: Iterable[HTTPChannel]) -> float | None:
+        """Hand the small POSTs among `channels` to `predict_ready` at once, so they
+        share model calls; each is then served with what it left in its environ.
         The seconds it took, to observe once they are served: a pass slower than
         INLINE_SLOW_SECONDS sends the next small POSTs to the threads."""
         environs = []
         for channel in channels:
             request = channel.requests[0]
-            if eligible(request) and channel.connected:
+            if small_post(request) and channel.connected:
                 request.ready_environ = channel.task_class(channel, request).get_environment()
                 environs.append(request.ready_environ)
         if len(environs) < 2:
@@ -367,7 +365,7 @@ class _Channel(HTTPChannel):
         """On a request thread with batching on: the small POSTs queued behind this one
         are predicted with it, then served here one after another."""
         company = dispatcher.take_queued()
-        shared = dispatcher.predict_together([self, *company], small_post) if company else None
+        shared = dispatcher.predict_together([self, *company]) if company else None
         for channel in (self, *company):
             small, started = small_post(channel.requests[0]), time.perf_counter()
             HTTPChannel.service(channel)

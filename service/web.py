@@ -79,8 +79,8 @@ class Call(NamedTuple):
 
 
 class Predicted(NamedTuple):
-    """A request predicted with others: when it began, and its answer or what refused it
-    (then `call` is None if it was refused before its rows were read)."""
+    """A request predicted with others: when it began, and its answer or what refused it.
+    `call` is None when it was refused before its rows were read."""
 
     started: float
     call: Call | None
