@@ -4,13 +4,16 @@ problem (or a documented success), never a 5xx, and the server keeps serving."""
 from __future__ import annotations
 
 import http.client
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import orjson
 import pandas as pd
 import pytest
 import requests
 
-from tests.endpoint_fixtures import EndpointServer
+from tests.endpoint_fixtures import EndpointServer, metric
 from tests.reliability.poison.catalogue import CATALOGUE, Poison
 
 pytestmark = pytest.mark.reliability
@@ -105,3 +108,46 @@ def test_server_is_healthy_and_logged_no_crash_after_the_catalogue(
     log = endpoint.log()[log_start:]
     assert "Traceback" not in log and "unexpected error" not in log, log[-3000:]
     assert len(endpoint.children()) == 2, "a server process died"
+
+
+BATCHING_ROUNDS = 10
+CLIENTS = 16
+
+
+def test_the_catalogue_sent_concurrently_to_a_batching_server_gets_the_same_answers(
+    start_endpoint: Callable[..., EndpointServer],
+    bundle_dir: Path,
+    good_rows: pd.DataFrame,
+    http: requests.Session,
+) -> None:
+    """With BATCH_MAX_ROWS set, requests a process reads together are decoded together and
+    share model calls: every poison among them still gets its own answer (the status it
+    gets alone), each good request its predictions, and nothing fails with a 5xx."""
+    server = start_endpoint(model_uri=bundle_dir, workers=1, batch_max_rows=64)
+    settled = [poison for poison in CATALOGUE if "endpoint" not in poison.pending]
+    good = good_rows.head(1).to_json(orient="records").encode()
+    mix = [(p.make(good_rows), {"Content-Type": p.content_type, **p.headers}) for p in settled]
+    mix += [(b'{"dataframe_records":' + good + b"}", {"Content-Type": "application/json"})] * len(
+        settled
+    )
+    wanted = [p.endpoint.status for p in settled] + [200] * len(settled)
+
+    def shared_calls() -> float:
+        text = http.get(f"{server.url}/metrics", timeout=10).text
+        return (metric(text, "endpoint_batch_requests_sum") or 0.0) - (
+            metric(text, "endpoint_batch_requests_count") or 0.0
+        )
+
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        for _ in range(BATCHING_ROUNDS):
+            answers = list(pool.map(lambda case: post(server, *case), mix))
+            assert [status for status, _ in answers] == wanted
+            if shared_calls() > 0:
+                break
+    assert shared_calls() > 0, f"{BATCHING_ROUNDS} rounds never shared a call"
+    for _, body in answers[len(settled) :]:
+        assert len(orjson.loads(body)["predictions"]) == 1
+    assert server_errors(http.get(f"{server.url}/metrics", timeout=10).text) == 0
+    log = server.log()
+    assert "Traceback" not in log and "unexpected error" not in log, log[-3000:]
+    assert len(server.children()) == 1, "the server process died"
