@@ -132,8 +132,8 @@ class ProcessTree:
             with contextlib.suppress(psutil.NoSuchProcess, psutil.ZombieProcess):
                 found.append(Seen(process.pid, process.create_time(), " ".join(process.cmdline())))
         with self._lock:
-            for item in found:
-                self.seen.setdefault((item.pid, item.created), item)
+            for item in found:  # the latest: a child first shows its parent's command line,
+                self.seen[item.pid, item.created] = item  # until it has exec'd its own
         return found
 
     def all_seen(self) -> list[Seen]:
