@@ -28,7 +28,7 @@ JSON = "application/json"
 
 
 class Gated:
-    """The real predict; when armed, its next call waits (on the loop) for `release`."""
+    """The real predict; when armed, its next call waits for `release`."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[int, int]] = []  # (rows, thread)
@@ -66,8 +66,9 @@ def rows(sample_frame: pd.DataFrame, start: int, count: int = 1) -> pd.DataFrame
 
 @pytest.fixture
 def server(monkeypatch, bundle):
-    """A ProcessServer with BATCH_MAX_ROWS 64 and one thread, its loop on a thread here,
-    and eight keep-alive connections that have proved small POSTs fast."""
+    """A ProcessServer with BATCH_MAX_ROWS 64 and one request thread, its loop on a thread
+    here, and eight keep-alive connections to it (`prove_fast` moves small POSTs to the
+    loop)."""
     # the held call must not count as slow, which would send small POSTs to the threads
     monkeypatch.setattr(waitress_hooks, "INLINE_SLOW_SECONDS", SECONDS)
     listener = bind("127.0.0.1", 0)
