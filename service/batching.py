@@ -102,9 +102,11 @@ class Batcher:
         that can share a call (as in `predict`) share one. Nothing waits: the requests
         are all here."""
         entries = [_Entry(bundle, frame) for bundle, frame in calls]
-        waiting = [entry for entry in entries if 0 < len(entry.frame) <= self.max_rows]
+        waiting = []
         for entry in entries:
-            if not 0 < len(entry.frame) <= self.max_rows:
+            if 0 < len(entry.frame) <= self.max_rows:
+                waiting.append(entry)
+            else:
                 self._shared([entry])
         while waiting:
             batch, waiting = _fitting(waiting, self.max_rows)

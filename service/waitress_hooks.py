@@ -367,10 +367,9 @@ class _Channel(HTTPChannel):
         company = dispatcher.take_queued()
         shared = dispatcher.predict_together([self, *company]) if company else None
         for channel in (self, *company):
-            small, started = small_post(channel.requests[0]), time.perf_counter()
+            started = time.perf_counter()
             HTTPChannel.service(channel)
-            if small:
-                dispatcher.observe(time.perf_counter() - started)
+            dispatcher.observe(time.perf_counter() - started)
         if shared is not None:
             dispatcher.observe(shared)
 

@@ -58,6 +58,7 @@ _CHUNK = 1 << 16
 MAX_PAYLOAD_MB = 100  # the most SageMaker batch transform accepts for MaxPayloadInMB
 
 StartResponse = Callable[..., Any]
+Handler = Callable[[dict[str, Any]], "Response"]
 PREDICTED = "model_endpoint.predicted"  # the environ key of App.predict_ready's Predicted
 
 
@@ -170,7 +171,7 @@ class App:
         self._version = Response(
             200, [("Content-Type", TEXT), ("Content-Length", str(len(version)))], version
         )
-        self.routes: dict[str, dict[str, Callable[[dict[str, Any]], Response]]] = {
+        self.routes: dict[str, dict[str, Handler]] = {
             "/ping": {"GET": self.ping},
             "/invocations": {"POST": self.invocations},
             "/execution-parameters": {"GET": lambda environ: self._parameters},
@@ -215,6 +216,11 @@ class App:
 
     def dispatch(self, path: str, environ: dict[str, Any]) -> Response:
         """Route the request; errors for unknown routes, methods and missing keys."""
+        found = self.handler(path, environ)
+        return found if isinstance(found, Response) else found(environ)
+
+    def handler(self, path: str, environ: dict[str, Any]) -> Handler | Response:
+        """The route's handler for this request, or the response refusing it."""
         methods = self.routes.get(path)
         if methods is None:
             raise NotFound(f"no route {path}: see /openapi.json for the routes this server has")
@@ -229,7 +235,7 @@ class App:
                 "or 'Authorization: Bearer <key>'"
             )
             return error_response(exc, [("WWW-Authenticate", "Bearer")])
-        return handler(environ)
+        return handler
 
     def _authorized(self, environ: dict[str, Any]) -> bool:
         given = environ.get("HTTP_X_API_KEY")
@@ -305,9 +311,7 @@ class App:
     def _predicts(self, environ: dict[str, Any]) -> bool:
         """Whether `dispatch` would hand this request to `invocations`."""
         path = environ.get("PATH_INFO") or "/"
-        if self.routes.get(path, {}).get(environ["REQUEST_METHOD"]) != self.invocations:
-            return False
-        return self._api_key is None or path not in PROTECTED_ROUTES or self._authorized(environ)
+        return path in self.routes and self.handler(path, environ) == self.invocations
 
     def read_body(self, environ: dict[str, Any]) -> bytes:
         """The request body, refused with 413 before reading more than the limit (+1 byte)."""
