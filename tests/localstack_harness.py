@@ -24,13 +24,12 @@ import sys
 import tempfile
 import time
 import urllib.request
-import venv
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from localcloud.waiting import wait_until
-from tests.support import free_port
+from tests.support import free_port, make_venv
 
 REPO = Path(__file__).resolve().parent.parent
 REQUIREMENTS = REPO / "requirements-localstack.txt"
@@ -78,13 +77,12 @@ def ensure_venv(target: Path, requirements: Path = REQUIREMENTS) -> Path:
     marker = target / MARKER
     if python.exists() and marker.exists() and marker.read_text().strip() == digest:
         return python
-    log(f"installing {requirements.name} into {target} (once; about a minute)")
+    log(f"installing {requirements.name} into {target} (once)")
     started = time.monotonic()
-    venv.EnvBuilder(clear=True, with_pip=True).create(target)
-    command = [str(python), "-m", "pip", "install", "-qq", "-r", str(requirements)]
-    done = subprocess.run(command, check=False)
-    if done.returncode != 0:
-        raise HarnessError(f"pip install -r {requirements} into {target} failed")
+    try:
+        make_venv(target, requirements)
+    except subprocess.CalledProcessError:
+        raise HarnessError(f"installing -r {requirements} into {target} failed") from None
     check = [str(python), "-c", "import localstack.runtime.main"]
     if subprocess.run(check, check=False).returncode != 0:
         raise HarnessError(f"LocalStack does not import in {target}")

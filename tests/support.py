@@ -1,9 +1,11 @@
-"""What every suite needs: a free loopback port, and waiting on a condition with a deadline
-(never sleep-and-hope)."""
+"""What every suite needs: a free loopback port, waiting on a condition with a deadline
+(never sleep-and-hope), and a venv of its own for a tool whose pins clash with ours."""
 
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -33,6 +35,27 @@ def wait_for(
         return wait_until(condition, timeout, what, interval)
     except TimeoutError as exc:
         raise AssertionError(f"{exc}\n{context()}") from None
+
+
+def make_venv(folder: Path, requirements: Path, *install_options: str) -> Path:
+    """Make `folder` a fresh venv (with pip) holding `requirements`; returns its Python.
+
+    uv (a pinned dev dependency, as tox-uv's installer) fills it in seconds where pip takes a
+    minute or more; without uv, pip does.
+    """
+    python = folder / "bin" / "python"
+    try:
+        from uv import find_uv_bin
+    except ImportError:
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(folder)], check=True)
+        install = [str(python), "-m", "pip", "install", "-q"]
+    else:
+        uv = find_uv_bin()
+        create = [uv, "venv", "-q", "--clear", "--seed", "--python", sys.executable, str(folder)]
+        subprocess.run(create, check=True)
+        install = [uv, "pip", "install", "-q", "--python", str(python)]
+    subprocess.run([*install, *install_options, "-r", str(requirements)], check=True)
+    return python
 
 
 def extract_flat_tar(archive: Path, folder: Path) -> list[str]:

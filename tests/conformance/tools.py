@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
-import sys
 from pathlib import Path
+
+from tests.support import make_venv
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("CONFORMANCE_CACHE", REPO / ".cache" / "conformance"))
@@ -25,20 +25,7 @@ def venv(requirements: Path, name: str) -> Path:
     folder = CACHE / f"{name}-{digest}"
     done = folder / ".installed"
     if not done.exists():
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(folder)], check=True)
-        subprocess.run(
-            [
-                str(folder / "bin" / "python"),
-                "-m",
-                "pip",
-                "install",
-                "-q",
-                "--no-deps",
-                "-r",
-                str(requirements),
-            ],
-            check=True,
-        )
+        make_venv(folder, requirements, "--no-deps")
         done.write_text(str(requirements))
     return folder / "bin"
 
