@@ -56,6 +56,10 @@ class EndpointServer:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> EndpointServer:
+        return self.launch().until_ready()
+
+    def launch(self) -> EndpointServer:
+        """Start the server without waiting for it: several can load their models at once."""
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service", "serve"],
@@ -66,6 +70,9 @@ class EndpointServer:
             start_new_session=True,
         )
         log.close()
+        return self
+
+    def until_ready(self) -> EndpointServer:
         wait_for(self._ready, READY_SECONDS, f"the endpoint on {self.url} to report ready")
         return self
 

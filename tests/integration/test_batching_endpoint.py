@@ -8,6 +8,7 @@ INLINE_MAX_BYTES, THREADS 8)."""
 from __future__ import annotations
 
 import json
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -35,9 +36,18 @@ def padded(body: bytes) -> bytes:
     return body + b" " * (INLINE_MAX_BYTES + 1 - len(body))
 
 
+CONNECTIONS = threading.local()
+
+
 def post(url: str, body: bytes) -> requests.Response:
+    """POST on this thread's keep-alive connection, as a load balancer or wrk sends: the
+    server then reads the requests of several clients in one pass of its event loop."""
+    if not hasattr(CONNECTIONS, "session"):
+        CONNECTIONS.session = requests.Session()
     headers = {"Content-Type": JSON, "Accept": JSON}
-    return requests.post(f"{url}/invocations", data=body, headers=headers, timeout=SECONDS)
+    return CONNECTIONS.session.post(
+        f"{url}/invocations", data=body, headers=headers, timeout=SECONDS
+    )
 
 
 def batched_calls(url: str) -> tuple[float, float]:
@@ -78,7 +88,9 @@ def servers(bundles, tmp_path_factory):
                 server = EndpointServer(
                     log, model_uri=folder, workers=1, batch_max_rows=64, **settings
                 )
-                started[name, mode] = server.start()
+                started[name, mode] = server.launch()
+        for server in started.values():
+            server.until_ready()
         yield started
     finally:
         for server in started.values():

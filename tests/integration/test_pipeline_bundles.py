@@ -50,7 +50,9 @@ def servers(kind_dirs, tmp_path_factory):
     try:
         for kind, folder in kind_dirs.items():
             log = tmp_path_factory.mktemp("logs") / f"{kind}.log"
-            started[kind] = EndpointServer(log, model_uri=folder, workers=1).start()
+            started[kind] = EndpointServer(log, model_uri=folder, workers=1).launch()
+        for server in started.values():
+            server.until_ready()
         yield started
     finally:
         for server in started.values():
