@@ -133,7 +133,10 @@ class ProcessTree:
                 found.append(Seen(process.pid, process.create_time(), " ".join(process.cmdline())))
         with self._lock:
             for item in found:  # the latest: a child first shows its parent's command line,
-                self.seen[item.pid, item.created] = item  # until it has exec'd its own
+                if item.command:  # until it has exec'd its own; an exiting one shows none
+                    self.seen[item.pid, item.created] = item
+                else:
+                    self.seen.setdefault((item.pid, item.created), item)
         return found
 
     def all_seen(self) -> list[Seen]:

@@ -340,7 +340,15 @@ def stop_worker_mid_file(cloud: LocalCloudProcess, report: str) -> tuple[str, da
             return None
         return str(workers[0]["taskArn"])
 
-    victim = wait_for(busy_worker, BATCH_SECONDS, "a worker busy with the big file", interval=0.05)
+    def state() -> str:
+        tasks = [(t["taskArn"][-8:], t["lastStatus"]) for t in worker_tasks(cloud, ecs)]
+        return f"queue (visible, in flight): {queue_counts(cloud)}; workers: {tasks}\n" + (
+            cloud.log_tail()
+        )
+
+    victim = wait_for(
+        busy_worker, BATCH_SECONDS, "a worker busy with the big file", interval=0.05, context=state
+    )
     requested = datetime.now(UTC)
     ecs.stop_task(cluster=cloud.outputs["ClusterName"], task=victim, reason="e2e: mid-file stop")
     return victim, requested
