@@ -196,7 +196,9 @@ def test_stop_and_start_keeps_names_objects_and_reports_and_finishes_late_upload
     late_report = f"{first.outputs['OutputBucketName']}/{report_key(first, 'late.parquet')}"
     assert late_report not in before, "late.parquet was done before the stop: nothing to show"
     assert " object(s) in " in first.log_text(), "the stop did not say what it kept"
-    assert "dropped 1 queued event(s) on shutdown" in first.log_text()
+    # late.parquet's event, and any scheduled run that also found no concurrency left
+    dropped = re.search(r"dropped (\d+) queued event\(s\) on shutdown", first.log_text())
+    assert dropped and int(dropped.group(1)) >= 1, first.log_tail()
 
     second = start_local_cloud(work_dir=work)
     names = (
