@@ -133,10 +133,9 @@ class ProcessTree:
                 found.append(Seen(process.pid, process.create_time(), " ".join(process.cmdline())))
         with self._lock:
             for item in found:  # the latest: a child first shows its parent's command line,
-                if item.command:  # until it has exec'd its own; an exiting one shows none
-                    self.seen[item.pid, item.created] = item
-                else:
-                    self.seen.setdefault((item.pid, item.created), item)
+                key = (item.pid, item.created)  # until it has exec'd its own; an exiting
+                if item.command or key not in self.seen:  # one shows none
+                    self.seen[key] = item
         return found
 
     def all_seen(self) -> list[Seen]:

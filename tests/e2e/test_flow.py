@@ -342,9 +342,8 @@ def stop_worker_mid_file(cloud: LocalCloudProcess, report: str) -> tuple[str, da
 
     def state() -> str:
         tasks = [(t["taskArn"][-8:], t["lastStatus"]) for t in worker_tasks(cloud, ecs)]
-        return f"queue (visible, in flight): {queue_counts(cloud)}; workers: {tasks}\n" + (
-            cloud.log_tail()
-        )
+        counts = queue_counts(cloud)
+        return f"queue (visible, in flight): {counts}; workers: {tasks}\n{cloud.log_tail()}"
 
     victim = wait_for(
         busy_worker, BATCH_SECONDS, "a worker busy with the big file", interval=0.05, context=state
