@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from service.artifacts import MANIFEST, open_source, write_bundle, write_file
 from service.schema import conform, infer_schema
+from service.tasks import MAX_ROW_BLOCK
 
 # Packages every image has (requirements.txt) and the standard library: never recorded.
 BASE_PACKAGES = frozenset({"scikit-learn", "numpy", "scipy", "pandas", "joblib", "skops"})
@@ -156,7 +157,17 @@ def pipeline_manifest(estimator: Any, sample: pd.DataFrame, args: argparse.Names
         fields["label_column"] = args.label_column
     if args.target_columns:
         fields["target_columns"] = args.target_columns.split(",")
-    return fields
+    return {**fields, **block_field(args)}
+
+
+def row_block(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= MAX_ROW_BLOCK:
+        raise argparse.ArgumentTypeError(f"give a whole number of rows from 1 to {MAX_ROW_BLOCK}")
+    return int(text)
+
+
+def block_field(args: argparse.Namespace) -> dict[str, int]:
+    return {} if args.row_block is None else {"row_block": args.row_block}
 
 
 def _pins(names: list[str]) -> dict[str, str]:
@@ -220,6 +231,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--requires", action="append", default=[], help="an extra package to pin")
     p.add_argument("--label-column", help="also answer the predicted label in this column")
     p.add_argument("--target-columns", help="a multi-output regressor's column names, a,b,...")
+    p.add_argument(
+        "--row-block",
+        type=row_block,
+        help="call the model on whole blocks of this many rows (default 16; 1 for a model "
+        "whose cost per row is high)",
+    )
     p.add_argument("--model", type=Path)
     p.add_argument("--scaler", type=Path, help="omit when the model needs no scaler")
     p.add_argument("--mean", type=Path)
@@ -244,7 +261,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         files = four_artifact_files(args)
         manifest = write_bundle(
-            args.out, files, args.name, args.version, args.id_column, args.output_column
+            args.out,
+            files,
+            args.name,
+            args.version,
+            args.id_column,
+            args.output_column,
+            fields=block_field(args),
         )
     print(f"bundle {args.name} version {args.version} written to {args.out}")
     if args.tar:

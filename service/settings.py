@@ -116,8 +116,7 @@ class ServeSettings(CommonSettings):
         "rows share model calls, up to this many rows in all: small requests that reach a "
         "process together (read in one pass of its event loop, or queued for its busy "
         "request thread), and, with THREADS above 1, those that arrive while a prediction "
-        "runs. Answers may then differ from one-by-one in the last bits (BLAS sums rows in "
-        "another order).",
+        "runs. Answers are the one-by-one answers bit for bit (the manifest's row_block).",
     )
     batch_wait_ms: float = Field(
         2.0,

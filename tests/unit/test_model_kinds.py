@@ -276,3 +276,14 @@ def test_missing_boolean_and_date_reach_the_pipelines_imputers(kind_dirs):
     truth.loc[[1, 2], "signup"] = pd.NaT
     want = expected_answer(bundle.model, truth, manifest_of(kind_dirs["mixed"]))
     assert_same_answer(predict(bundle, frame), want)
+
+
+def test_the_packager_writes_row_block_and_refuses_a_bad_one(tmp_path, lightgbm_model, capsys):
+    model, frame = lightgbm_model
+    out = package(tmp_path, model, frame, "--row-block", "1")
+    assert json.loads((out / "manifest.json").read_text())["row_block"] == 1
+    assert wrap(load_bundle(str(out))).task.row_block == 1
+    with pytest.raises(SystemExit):
+        package(tmp_path, model, frame, "--row-block", "0", out=tmp_path / "bad")
+    assert "--row-block: give a whole number of rows from 1 to 1024" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

@@ -1,0 +1,79 @@
+"""A row's answer does not depend on the rows that share its model call: alone, in a
+request of any size, in a shared (batched) call or in a batch file, it is the same bit
+for bit, for the four-artifact bundle and every pipeline kind."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from service.artifacts import load_bundle
+from service.errors import ManifestError
+from service.files import FileFormat
+from service.model import predict
+from service.tasks import task_of
+from service.transform import transform_file
+from tests.model_kinds import KINDS, kind_rows, write_kind_bundle
+
+ROWS = 45
+SIZES = (2, 3, 5, 7, 8, 9, 15, 16, 17, 31, 33, ROWS)
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory, bundle, train_example):
+    root = tmp_path_factory.mktemp("blocks")
+    found = {"four-artifact": (bundle, train_example.sample_rows(ROWS))}
+    for kind in KINDS:
+        found[kind] = (
+            load_bundle(str(write_kind_bundle(kind, root / kind))),
+            kind_rows(kind, ROWS),
+        )
+    return found
+
+
+def assert_bit_equal(got: pd.DataFrame, want: pd.DataFrame, where: str) -> None:
+    assert list(got.columns) == list(want.columns)
+    for column in want.columns:
+        values, wanted = got[column].to_numpy(), want[column].to_numpy()
+        if wanted.dtype.kind == "f":
+            differ = np.flatnonzero(values.view(np.int64) != wanted.view(np.int64))
+            assert differ.size == 0, f"{where}: {column} differs in rows {differ.tolist()}"
+        else:
+            assert values.tolist() == wanted.tolist(), f"{where}: {column}"
+
+
+@pytest.mark.parametrize("name", ["four-artifact", *KINDS])
+def test_each_row_is_answered_alike_alone_and_in_calls_of_any_size(cases, name):
+    bundle, rows = cases[name]
+    alone = pd.concat([predict(bundle, rows.iloc[[i]]) for i in range(ROWS)], ignore_index=True)
+    for size in SIZES:
+        for start in (0, 1, ROWS - size):
+            if start < 0 or start + size > ROWS:
+                continue
+            shared = predict(bundle, rows.iloc[start : start + size]).reset_index(drop=True)
+            expected = alone.iloc[start : start + size].reset_index(drop=True)
+            assert_bit_equal(shared, expected, f"{size} rows from row {start}")
+
+
+@pytest.mark.parametrize("name", ["four-artifact", "mixed"])
+def test_a_batch_file_answers_each_row_as_the_endpoint_does_alone(cases, name, tmp_path: Path):
+    bundle, rows = cases[name]
+    source = tmp_path / "rows.parquet"
+    rows.to_parquet(source, index=False)
+    target = tmp_path / "out.parquet"
+    written = transform_file(str(source), FileFormat("parquet"), str(target), bundle, "parquet", 10)
+    assert written == ROWS
+    alone = pd.concat([predict(bundle, rows.iloc[[i]]) for i in range(ROWS)], ignore_index=True)
+    assert_bit_equal(pd.read_parquet(target), alone, "batch file")
+
+
+@pytest.mark.parametrize("value", [0, -1, 2048, "16", 1.5, True, None])
+def test_a_row_block_that_is_not_a_whole_number_of_rows_is_refused(bundle, value):
+    with pytest.raises(ManifestError, match="row_block"):
+        task_of(bundle.model, {"row_block": value}, "s3://models/x/1/")
+
+
+def test_row_block_one_calls_the_model_on_the_rows_as_sent(bundle):
+    assert task_of(bundle.model, {"row_block": 1}, "here").row_block == 1
+    assert task_of(bundle.model, {}, "here").row_block == 16
