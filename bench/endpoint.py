@@ -122,11 +122,11 @@ def start_ours(
     threads: int | None = None,
     source: Path = REPO_ROOT,
     name: str = "ours",
-    batch_rows: int = 0,
+    batch_rows: int | None = None,
 ) -> Managed:
     """`python -m service serve` as the image runs it; `source` may be another checkout."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "BATCH_"))}
-    if batch_rows:
+    if batch_rows is not None:
         env["BATCH_MAX_ROWS"] = str(batch_rows)
     env.update(
         MODEL_URI=str(BUNDLE),
@@ -306,14 +306,14 @@ def start_targets(
     threads: int | None,
     compare: dict[str, Path],
     labels: list[str],
-    batch_rows: int = 0,
+    batch_rows: int | None = None,
 ) -> dict[str, Target]:
     """Ours, the other trees of ours, then every peer configuration, each on a free port."""
     targets: dict[str, Target] = {}
     try:
         for label, source in {"ours": REPO_ROOT, **compare}.items():
             port = free_port()
-            rows = batch_rows if label == "ours" else 0
+            rows = batch_rows if label == "ours" else None
             server = start_ours(port, workers, threads, source, label, rows)
             url = f"http://{LOOPBACK}:{port}/invocations"
             targets[label] = Target(label, url, "ours", server)
@@ -337,11 +337,12 @@ def run(
     threads: int | None = None,
     fast: bool = False,
     compare: dict[str, Path] | None = None,
-    batch_rows: int = 0,
+    batch_rows: int | None = None,
 ) -> Recorder:
     """`compare`: label -> a source tree with another `service/`, run side by side with ours
     (e.g. the code before an optimisation). `peer_labels`: keys of `peers.PEERS` (all).
-    `batch_rows`: our server's BATCH_MAX_ROWS (the compared trees keep batching off)."""
+    `batch_rows`: our server's BATCH_MAX_ROWS (None: its default; the compared trees
+    keep their own)."""
     workers = workers or os.cpu_count() or 1
     compare = compare or {}
     labels = list(peers.PEERS) if peer_labels is None else peer_labels

@@ -30,8 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     endpoint.add_argument(
         "--batch-rows",
         type=int,
-        default=0,
-        help="BATCH_MAX_ROWS of our server (not of the --compare trees); 0: off",
+        default=None,
+        help="BATCH_MAX_ROWS of our server (default: the server's own; not of the --compare "
+        "trees); 0: off",
     )
     endpoint.add_argument(
         "--peers",
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                 workers=getattr(args, "workers", None),
                 peer_labels=parse_peers(getattr(args, "peers", ",".join(PEERS))),
                 threads=getattr(args, "threads", None),
-                batch_rows=getattr(args, "batch_rows", 0),
+                batch_rows=getattr(args, "batch_rows", None),
                 fast=quick,
                 compare=parse_compare(getattr(args, "compare", [])),
             )

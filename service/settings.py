@@ -109,7 +109,7 @@ class ServeSettings(CommonSettings):
     )
     access_log: bool = Field(False, description="true: log one line per request.")
     batch_max_rows: int = Field(
-        0,
+        64,
         ge=0,
         le=100_000,
         description="Adaptive batching (0-100,000; 0: off): requests of at most this many "

@@ -35,7 +35,8 @@ def test_batching_leaves_the_request_threads_as_they_are():
     assert "x 1 threads, adaptive batching up to 64 rows (a queued request waits at most 2 ms)" in (
         _startup_line(batching, 2, "model m version 1")
     )
-    assert "batching" not in _startup_line(settings(), 2, "model m version 1")
+    assert settings().batch_max_rows == 64, "batching is on by default"
+    assert "batching" not in _startup_line(settings(BATCH_MAX_ROWS="0"), 2, "model m version 1")
 
 
 def test_missing_model_uri_names_the_variable():
