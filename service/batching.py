@@ -36,14 +36,21 @@ E = TypeVar("E", bound="_Entry")
 class _Entry:
     """One request's frame, and what the call that took it gave back."""
 
-    __slots__ = ("bundle", "dtypes", "error", "frame", "result")
+    __slots__ = ("_dtypes", "bundle", "error", "frame", "result")
 
     def __init__(self, bundle: Bundle, frame: pd.DataFrame) -> None:
         self.bundle = bundle
         self.frame = frame
-        self.dtypes = tuple(frame.dtypes)
         self.result: pd.DataFrame | None = None
         self.error: Exception | None = None
+        self._dtypes: tuple[object, ...] | None = None
+
+    @property
+    def dtypes(self) -> tuple[object, ...]:
+        """The frame's dtypes, read when first compared (~30 us: a request alone never is)."""
+        if self._dtypes is None:
+            self._dtypes = tuple(self.frame.dtypes)
+        return self._dtypes
 
 
 class _Queued(_Entry):
