@@ -113,12 +113,13 @@ def _frame(columns: dict[str, Any]) -> pd.DataFrame:
 
 
 def _call(method: Any, features: Any, row_block: int) -> Any:
-    """The model's answer to `features` padded to whole row blocks, padding dropped. The
-    model's own refusal of rows that passed our checks (a missing value where its
-    pipeline has no imputer, say) is the client's to fix: a 422 with the model's reason."""
-    rows = features.shape[0] if hasattr(features, "shape") else len(features)
+    """The model's answer to `features` (padded to whole row blocks when they are an array
+    or a DataFrame), padding dropped. The model's own refusal of rows that passed our
+    checks (a missing value where its pipeline has no imputer, say) is the client's to
+    fix: a 422 with the model's reason."""
+    rows = features.shape[0] if isinstance(features, np.ndarray | pd.DataFrame) else 0
     extra = -rows % row_block
-    padded = _padded(features, rows, extra)
+    padded = _padded(features, rows, extra) if rows else features
     try:
         result = method(padded)
     except (ValueError, TypeError) as exc:
@@ -127,19 +128,16 @@ def _call(method: Any, features: Any, row_block: int) -> Any:
     return np.asarray(result)[:rows] if extra else result
 
 
-def _padded(features: Any, rows: int, extra: int) -> Any:
-    """`features` with its last row repeated `extra` times (a NumPy array or a DataFrame;
-    anything else, or no rows, as it is). An array is made C-ordered either way: BLAS
-    sums a row of another layout in another order."""
-    if isinstance(features, np.ndarray) and rows:
-        features = np.ascontiguousarray(features)
-        tail = np.repeat(features[-1:], extra, axis=0)
-        return np.concatenate((features, tail)) if extra else features
-    if extra == 0 or rows == 0:
-        return features
+def _padded(features: np.ndarray | pd.DataFrame, rows: int, extra: int) -> Any:
+    """`features` with its last row repeated `extra` times; an array C-ordered either way
+    (BLAS sums a row of another layout in another order)."""
     if isinstance(features, pd.DataFrame):
+        if not extra:
+            return features
         return features.take(np.r_[np.arange(rows), np.full(extra, rows - 1)])
-    return features
+    features = np.ascontiguousarray(features)
+    tail = np.repeat(features[-1:], extra, axis=0)
+    return np.concatenate((features, tail)) if extra else features
 
 
 def _regression(task: Task, predicted: Any, ids: np.ndarray, id_column: str) -> pd.DataFrame:

@@ -3,6 +3,7 @@ request of any size, in a shared (batched) call or in a batch file, it is the sa
 for bit, for the four-artifact bundle and every pipeline kind."""
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -12,7 +13,7 @@ from service.artifacts import load_bundle
 from service.errors import ManifestError
 from service.files import FileFormat
 from service.model import predict
-from service.tasks import task_of
+from service.tasks import Task, answer, task_of
 from service.transform import transform_file
 from tests.model_kinds import KINDS, kind_rows, write_kind_bundle
 
@@ -77,3 +78,36 @@ def test_a_row_block_that_is_not_a_whole_number_of_rows_is_refused(bundle, value
 def test_row_block_one_calls_the_model_on_the_rows_as_sent(bundle):
     assert task_of(bundle.model, {"row_block": 1}, "here").row_block == 1
     assert task_of(bundle.model, {}, "here").row_block == 16
+
+
+class Recorder:
+    """A regressor that records what it is given and answers each row's first value."""
+
+    def __init__(self) -> None:
+        self.seen: list[Any] = []
+
+    def predict(self, features: Any) -> Any:
+        self.seen.append(features)
+        return [float(row[0]) for row in np.asarray(features, dtype=object)]
+
+
+@pytest.mark.parametrize(
+    "features",
+    [np.asfortranarray([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]), pd.DataFrame({"a": [1, 3, 5]})],
+)
+def test_the_model_sees_whole_blocks_and_the_answer_only_the_rows_sent(features):
+    model = Recorder()
+    out = answer(Task("regression", "out", row_block=16), model, features, np.arange(3), "id")
+    (seen,) = model.seen
+    assert len(seen) == 16
+    assert np.asarray(seen)[3:].tolist() == [np.asarray(seen)[2].tolist()] * 13
+    if isinstance(seen, np.ndarray):
+        assert seen.flags.c_contiguous
+    assert out["out"].tolist() == [1.0, 3.0, 5.0]
+
+
+def test_features_of_another_kind_reach_the_model_as_they_are():
+    model, rows = Recorder(), [[1.0, 2.0], [3.0, 4.0, 5.0]]
+    out = answer(Task("regression", "out"), model, rows, np.arange(2), "id")
+    assert model.seen == [rows]
+    assert out["out"].tolist() == [1.0, 3.0]
