@@ -28,8 +28,8 @@ from service.errors import InvalidData, ManifestError
 from service.frames import column_index, frame_of
 
 DEFAULT_LABEL_COLUMN = "label"
-# Whole blocks for every BLAS kernel measured (OpenBLAS Haswell, Zen, Sandybridge,
-# Nehalem, Prescott: 8 rows suffice) with room for AVX-512 kernels' 16-row blocks.
+# Whole blocks for every BLAS kernel measured (OpenBLAS' Haswell, Sandybridge, Nehalem and
+# Katmai kernels: 8 rows suffice), with room for AVX-512 kernels' 16-row blocks.
 DEFAULT_ROW_BLOCK = 16
 MAX_ROW_BLOCK = 1024
 
@@ -136,8 +136,9 @@ def _padded(features: np.ndarray | pd.DataFrame, rows: int, extra: int) -> Any:
             return features
         return features.take(np.r_[np.arange(rows), np.full(extra, rows - 1)])
     features = np.ascontiguousarray(features)
-    tail = np.repeat(features[-1:], extra, axis=0)
-    return np.concatenate((features, tail)) if extra else features
+    if not extra:
+        return features
+    return np.concatenate((features, np.repeat(features[-1:], extra, axis=0)))
 
 
 def _regression(task: Task, predicted: Any, ids: np.ndarray, id_column: str) -> pd.DataFrame:
