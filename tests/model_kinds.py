@@ -64,6 +64,18 @@ def assert_same_answer(got: pd.DataFrame, want: pd.DataFrame) -> None:
             assert values.tolist() == wanted.tolist(), column
 
 
+def assert_bit_equal(got: pd.DataFrame, want: pd.DataFrame, where: str = "") -> None:
+    """Same columns in the same order, every value equal bit for bit."""
+    assert list(got.columns) == list(want.columns)
+    for column in want.columns:
+        values, wanted = got[column].to_numpy(), want[column].to_numpy()
+        if wanted.dtype.kind == "f":
+            differ = np.flatnonzero(values.view(np.int64) != wanted.view(np.int64))
+            assert differ.size == 0, f"{where}: {column} differs in rows {differ.tolist()}"
+        else:
+            assert values.tolist() == wanted.tolist(), f"{where}: {column}"
+
+
 def manifest_of(folder: Path) -> dict[str, Any]:
     return json.loads((folder / "manifest.json").read_text())
 

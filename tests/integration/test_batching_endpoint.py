@@ -12,14 +12,19 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import requests
 
 from service.waitress_hooks import INLINE_MAX_BYTES
 from tests.endpoint_fixtures import EndpointServer, metric
-from tests.model_kinds import encode_rows, kind_rows, read_answer, write_kind_bundle
+from tests.model_kinds import (
+    assert_bit_equal,
+    encode_rows,
+    kind_rows,
+    read_answer,
+    write_kind_bundle,
+)
 
 JSON = "application/json"
 CLIENTS = 16
@@ -54,18 +59,6 @@ def batched_calls(url: str) -> tuple[float, float]:
     text = requests.get(f"{url}/metrics", timeout=SECONDS).text
     count = metric(text, "endpoint_batch_requests_count") or 0.0
     return count, metric(text, "endpoint_batch_requests_sum") or 0.0
-
-
-def assert_same_answer(got: pd.DataFrame, want: pd.DataFrame) -> None:
-    """Every column equal bit for bit: the model is called on whole blocks of rows, so a
-    row's answer does not depend on the requests that shared its call."""
-    assert list(got.columns) == list(want.columns)
-    for column in want.columns:
-        values, wanted = got[column].to_numpy(), want[column].to_numpy()
-        if wanted.dtype.kind == "f":
-            assert np.array_equal(values.view(np.int64), wanted.view(np.int64)), column
-        else:
-            assert np.array_equal(values, wanted), column
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +114,7 @@ def test_concurrent_answers_equal_one_by_one_and_share_calls(servers, bundles, n
             answers = list(pool.map(lambda body: post(url, body), requests_))
             for response, want in zip(answers, alone, strict=True):
                 assert response.status_code == 200, response.text
-                assert_same_answer(read_answer(response.content, JSON), want)
+                assert_bit_equal(read_answer(response.content, JSON), want)
             calls, served = batched_calls(url)
             calls, served = calls - calls_before, served - served_before
             if served > calls:
@@ -151,4 +144,4 @@ def test_a_failing_request_fails_alone(servers, bundles, mode):
             assert document["error"] == "invalid_data" and "signup" in document["message"]
         else:
             assert response.status_code == 200, response.text
-            assert_same_answer(read_answer(response.content, JSON), wanted[row])
+            assert_bit_equal(read_answer(response.content, JSON), wanted[row])

@@ -15,7 +15,7 @@ from service.files import FileFormat
 from service.model import predict
 from service.tasks import Task, answer, task_of
 from service.transform import transform_file
-from tests.model_kinds import KINDS, kind_rows, write_kind_bundle
+from tests.model_kinds import KINDS, assert_bit_equal, kind_rows, write_kind_bundle
 
 ROWS = 45
 SIZES = (2, 3, 5, 7, 8, 9, 15, 16, 17, 31, 33, ROWS)
@@ -33,24 +33,18 @@ def cases(tmp_path_factory, bundle, train_example):
     return found
 
 
-def assert_bit_equal(got: pd.DataFrame, want: pd.DataFrame, where: str) -> None:
-    assert list(got.columns) == list(want.columns)
-    for column in want.columns:
-        values, wanted = got[column].to_numpy(), want[column].to_numpy()
-        if wanted.dtype.kind == "f":
-            differ = np.flatnonzero(values.view(np.int64) != wanted.view(np.int64))
-            assert differ.size == 0, f"{where}: {column} differs in rows {differ.tolist()}"
-        else:
-            assert values.tolist() == wanted.tolist(), f"{where}: {column}"
+def answers_alone(bundle, rows: pd.DataFrame) -> pd.DataFrame:
+    """Each row predicted on its own, in order."""
+    return pd.concat([predict(bundle, rows.iloc[[i]]) for i in range(len(rows))], ignore_index=True)
 
 
 @pytest.mark.parametrize("name", ["four-artifact", *KINDS])
 def test_each_row_is_answered_alike_alone_and_in_calls_of_any_size(cases, name):
     bundle, rows = cases[name]
-    alone = pd.concat([predict(bundle, rows.iloc[[i]]) for i in range(ROWS)], ignore_index=True)
+    alone = answers_alone(bundle, rows)
     for size in SIZES:
         for start in (0, 1, ROWS - size):
-            if start < 0 or start + size > ROWS:
+            if start + size > ROWS:
                 continue
             shared = predict(bundle, rows.iloc[start : start + size]).reset_index(drop=True)
             expected = alone.iloc[start : start + size].reset_index(drop=True)
@@ -65,8 +59,7 @@ def test_a_batch_file_answers_each_row_as_the_endpoint_does_alone(cases, name, t
     target = tmp_path / "out.parquet"
     written = transform_file(str(source), FileFormat("parquet"), str(target), bundle, "parquet", 10)
     assert written == ROWS
-    alone = pd.concat([predict(bundle, rows.iloc[[i]]) for i in range(ROWS)], ignore_index=True)
-    assert_bit_equal(pd.read_parquet(target), alone, "batch file")
+    assert_bit_equal(pd.read_parquet(target), answers_alone(bundle, rows), "batch file")
 
 
 @pytest.mark.parametrize("value", [0, -1, 2048, "16", 1.5, True, None])
