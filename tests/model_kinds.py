@@ -52,28 +52,26 @@ def expected_answer(model: Any, rows: pd.DataFrame, manifest: dict[str, Any]) ->
     return pd.DataFrame(answer)
 
 
-def assert_same_answer(got: pd.DataFrame, want: pd.DataFrame) -> None:
-    """Same columns in the same order, ids and labels exact, numbers within 1e-9."""
+def assert_same_answer(
+    got: pd.DataFrame, want: pd.DataFrame, where: str = "", bits: bool = False
+) -> None:
+    """Same columns in the same order, ids and labels exact, numbers within 1e-9 (bit for bit
+    with ``bits``)."""
     assert list(got.columns) == list(want.columns)
     for column in want.columns:
-        wanted = want[column].to_numpy()
-        values = got[column].to_numpy()
-        if wanted.dtype.kind == "f":
-            np.testing.assert_allclose(values.astype(np.float64), wanted, rtol=0, atol=TOLERANCE)
+        values, wanted = got[column].to_numpy(), want[column].to_numpy()
+        if wanted.dtype.kind != "f":
+            assert values.tolist() == wanted.tolist(), f"{where}: {column}"
+        elif bits:
+            differ = np.flatnonzero(values.view(np.int64) != wanted.view(np.int64))
+            assert differ.size == 0, f"{where}: {column} differs in rows {differ.tolist()}"
         else:
-            assert values.tolist() == wanted.tolist(), column
+            np.testing.assert_allclose(values.astype(np.float64), wanted, rtol=0, atol=TOLERANCE)
 
 
 def assert_bit_equal(got: pd.DataFrame, want: pd.DataFrame, where: str = "") -> None:
     """Same columns in the same order, every value equal bit for bit."""
-    assert list(got.columns) == list(want.columns)
-    for column in want.columns:
-        values, wanted = got[column].to_numpy(), want[column].to_numpy()
-        if wanted.dtype.kind == "f":
-            differ = np.flatnonzero(values.view(np.int64) != wanted.view(np.int64))
-            assert differ.size == 0, f"{where}: {column} differs in rows {differ.tolist()}"
-        else:
-            assert values.tolist() == wanted.tolist(), f"{where}: {column}"
+    assert_same_answer(got, want, where, bits=True)
 
 
 def manifest_of(folder: Path) -> dict[str, Any]:
