@@ -234,12 +234,12 @@ def ready(worker: WorkerProcess) -> bool:
 def test_worker_killed_mid_file_output_written_once_after_redelivery(cloud, stack, start_worker):
     """After SIGKILL the message comes back when its visibility runs out. Two workers then
     compete for it: the heartbeat keeps it from the second one although the file takes
-    several visibility periods (BATCH_ROWS 100: about 12 s alone), so it is processed once."""
+    several visibility periods (BATCH_ROWS 50: about 19 s alone), so it is processed once."""
     key = "big/killed.parquet"
     rows = big_input(stack, key, 200_000)
     first = start_worker(stack.worker_env(BATCH_ROWS=20, VISIBILITY_SECONDS=SHORT_VISIBILITY))
     wait_for(lambda: first.events("file_started"), START_TIMEOUT, "the first worker to start")
-    slow = {"BATCH_ROWS": 100, "VISIBILITY_SECONDS": SHORT_VISIBILITY, "IDLE_SECONDS": 60}
+    slow = {"BATCH_ROWS": 50, "VISIBILITY_SECONDS": SHORT_VISIBILITY, "IDLE_SECONDS": 60}
     others = [start_worker(stack.worker_env(**slow)) for _ in range(2)]
     wait_for(lambda: all(map(ready, others)), START_TIMEOUT, "two more workers polling")
     first.signal(signal.SIGKILL)
