@@ -58,6 +58,7 @@ from tests.e2e.cloud_process import LocalCloudProcess, wait_for
 from tests.reliability.faults import (
     FaultCloud,
     InvocationKill,
+    InvocationLog,
     WorkerKiller,
     fault_cloud,
     json_lines,
@@ -351,26 +352,16 @@ def given_up_ids(lines: list[str]) -> set[str]:
     }
 
 
-def unfinished_invocations(lines: list[str]) -> set[str]:
-    """Request ids with a START line and no END line yet: their output may still be coming."""
-    marks = {"START": set(), "END": set()}
-    for line in lines:
-        for mark, ids in marks.items():
-            if f"| {mark} RequestId: " in line:
-                ids.add(line.split(f"| {mark} RequestId: ", 1)[1].split()[0])
-    return marks["START"] - marks["END"]
-
-
 def settled(cloud: FaultCloud) -> tuple[list[str], tuple[int, int]] | None:
     """The cloud's log lines and the failure queue's counts, at a moment when each event the
     fault hook dropped was sent to the failure queue, that queue was redriven empty, and every
     invocation had ended (a redrive deletes its record before it logs "redriven")."""
     failures = queue_counts(cloud, FAILURES)
     lines = cloud.log_text().splitlines()
+    invocations = InvocationLog()
+    invocations.read(lines)
     done = (
-        dropped_ids(lines) <= given_up_ids(lines)
-        and failures == (0, 0)
-        and not unfinished_invocations(lines)
+        dropped_ids(lines) <= given_up_ids(lines) and failures == (0, 0) and not invocations.running
     )
     return (lines, failures) if done else None
 
