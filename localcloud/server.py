@@ -14,7 +14,7 @@ from moto.moto_server.werkzeug_app import (
 )
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from localcloud import s3_events, stack_calls, stack_updates
+from localcloud import s3_etags, s3_events, stack_calls, stack_updates
 from localcloud.console import Console
 from localcloud.settings import LocalCloudSettings
 
@@ -56,6 +56,7 @@ class MotoServer:
                 fd=listener.fileno(),
             )
         self._attach_logging()
+        s3_etags.patch()
         s3_events.patch()
         stack_calls.patch()
         stack_updates.patch(self.endpoint_url)
@@ -86,6 +87,7 @@ class MotoServer:
         if self._thread is not None:
             self._thread.join(10)
         self._detach_logging()
+        s3_etags.unpatch()
         s3_events.unpatch()
         stack_calls.unpatch()
         stack_updates.unpatch()
