@@ -14,7 +14,7 @@ from moto.moto_server.werkzeug_app import (
 )
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from localcloud import s3_etags, s3_events, stack_calls, stack_updates
+from localcloud import s3_etags, s3_events, s3_ranges, stack_calls, stack_updates
 from localcloud.console import Console
 from localcloud.settings import LocalCloudSettings
 
@@ -58,6 +58,7 @@ class MotoServer:
         self._attach_logging()
         s3_etags.patch()
         s3_events.patch()
+        s3_ranges.patch()
         stack_calls.patch()
         stack_updates.patch(self.endpoint_url)
         self._thread = threading.Thread(target=self._server.serve_forever, name="moto", daemon=True)
@@ -89,6 +90,7 @@ class MotoServer:
         self._detach_logging()
         s3_etags.unpatch()
         s3_events.unpatch()
+        s3_ranges.unpatch()
         stack_calls.unpatch()
         stack_updates.unpatch()
         state_manager.unset_transition("ecs::task")

@@ -1,0 +1,99 @@
+"""Ranged GETs in the local cloud read only their range, and answer as moto's own copy did:
+the same status, bytes and headers for every form of Range, and the old bytes whole when
+the object is overwritten while they are sent."""
+
+from __future__ import annotations
+
+import http.client
+from collections.abc import Callable, Iterator
+from urllib.parse import urlsplit
+
+import pytest
+
+from localcloud import s3_ranges
+from localcloud.server import MotoServer
+
+BUCKET = "ranges"
+BIG = bytes(range(251)) * (20 * 1024 * 1024 // 251)  # above moto's 5 MiB spill, 3 blocks
+SMALL = b"0123456789" * 100
+HEADERS = ("content-range", "content-length", "etag", "accept-ranges", "content-type")
+
+
+def range_forms(size: int) -> list[str]:
+    block = s3_ranges.BLOCK_BYTES
+    return [
+        "bytes=0-0",
+        "bytes=0-99",
+        "bytes=100-",
+        "bytes=-100",
+        f"bytes=-{size * 2}",
+        "bytes=-0",
+        "bytes=5-3",
+        "bytes=0-10,20-30",
+        "bytes=abc",
+        "bytes=",
+        f"bytes={size - 1}-",
+        f"bytes={size}-",
+        f"bytes=0-{size * 2}",
+        f"bytes={block - 1}-{block + 1}",
+        f"bytes={block}-{2 * block}",
+    ]
+
+
+class Objects:
+    """Raw GETs of presigned URLs, so every answer (416 included) arrives as sent."""
+
+    def __init__(self, moto: MotoServer, aws: Callable) -> None:
+        self.s3 = aws("s3")
+        self.connection = http.client.HTTPConnection(
+            moto.settings.host, moto.settings.port, timeout=60
+        )
+
+    def request(self, key: str, byte_range: str) -> http.client.HTTPResponse:
+        url = self.s3.generate_presigned_url("get_object", {"Bucket": BUCKET, "Key": key})
+        parts = urlsplit(url)
+        self.connection.request("GET", f"{parts.path}?{parts.query}", headers={"Range": byte_range})
+        return self.connection.getresponse()
+
+
+@pytest.fixture
+def objects(moto: MotoServer, aws) -> Iterator[Objects]:
+    s3 = aws("s3")
+    s3.create_bucket(Bucket=BUCKET)
+    s3.put_object(Bucket=BUCKET, Key="big.parquet", Body=BIG)
+    s3.put_object(Bucket=BUCKET, Key="small.csv", Body=SMALL)
+    objects = Objects(moto, aws)
+    try:
+        yield objects
+    finally:
+        objects.connection.close()
+
+
+def get(objects: Objects, key: str, byte_range: str) -> tuple:
+    response = objects.request(key, byte_range)
+    body = response.read()
+    headers = {name: response.getheader(name) for name in HEADERS}
+    return response.status, headers, body
+
+
+@pytest.mark.parametrize("key,size", [("big.parquet", len(BIG)), ("small.csv", len(SMALL))])
+def test_every_range_is_answered_as_moto_answers_it(objects, key: str, size: int) -> None:
+    windowed = [get(objects, key, form) for form in range_forms(size)]
+    s3_ranges.unpatch()
+    try:
+        copied = [get(objects, key, form) for form in range_forms(size)]
+    finally:
+        s3_ranges.patch()
+    for form, ours, moto_s in zip(range_forms(size), windowed, copied, strict=True):
+        assert ours[:2] == moto_s[:2], form
+        assert ours[2] == moto_s[2], f"{form}: {len(ours[2])} bytes, moto {len(moto_s[2])}"
+    assert {status for status, _, _ in windowed} >= {200, 206, 416}
+
+
+def test_an_object_overwritten_while_its_range_is_sent_is_sent_whole(objects, aws) -> None:
+    response = objects.request("big.parquet", "bytes=4-")
+    head = response.read(1024 * 1024)
+    aws("s3").put_object(Bucket=BUCKET, Key="big.parquet", Body=b"new")
+    assert response.status == 206
+    assert head + response.read() == BIG[4:]
+    assert get(objects, "big.parquet", "bytes=0-")[2] == b"new"
