@@ -14,13 +14,15 @@ from moto.moto_server.werkzeug_app import (
 )
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from localcloud import s3_etags, s3_events, s3_ranges, stack_calls, stack_updates
+from localcloud import s3_etags, s3_events, s3_multipart, s3_ranges, stack_calls, stack_updates
 from localcloud.console import Console
 from localcloud.settings import LocalCloudSettings
 
 # The ECS agent, not the passage of DescribeTasks calls, decides a task's status.
 ECS_TASK_MANUAL = {"progression": "manual", "times": 10**12}
 _LOGGERS = ("werkzeug", "moto")
+# What the local cloud changes in moto while it runs; stack_updates also needs the URL.
+MOTO_MENDS = (s3_etags, s3_events, s3_ranges, s3_multipart, stack_calls)
 
 
 class ServerStartError(RuntimeError):
@@ -56,10 +58,8 @@ class MotoServer:
                 fd=listener.fileno(),
             )
         self._attach_logging()
-        s3_etags.patch()
-        s3_events.patch()
-        s3_ranges.patch()
-        stack_calls.patch()
+        for mend in MOTO_MENDS:
+            mend.patch()
         stack_updates.patch(self.endpoint_url)
         self._thread = threading.Thread(target=self._server.serve_forever, name="moto", daemon=True)
         self._thread.start()
@@ -88,10 +88,8 @@ class MotoServer:
         if self._thread is not None:
             self._thread.join(10)
         self._detach_logging()
-        s3_etags.unpatch()
-        s3_events.unpatch()
-        s3_ranges.unpatch()
-        stack_calls.unpatch()
+        for mend in MOTO_MENDS:
+            mend.unpatch()
         stack_updates.unpatch()
         state_manager.unset_transition("ecs::task")
         self._server = self._thread = None
