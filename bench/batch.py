@@ -454,10 +454,10 @@ def _tree_high_water_kib(pid: int) -> int:
         processes = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
     except psutil.Error:
         return 0
-    return max((_high_water_kib(p.pid) for p in processes), default=0)
+    return max((high_water_kib(p.pid) for p in processes), default=0)
 
 
-def _high_water_kib(pid: int) -> int:
+def high_water_kib(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/status", encoding="ascii") as status:
             for line in status:
