@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-import psutil
 
 from bench.batch import high_water_kib
 from bench.processes import LOOPBACK, Managed, free_port
@@ -49,11 +48,6 @@ def serve(side: str, port: int) -> None:
     threading.Event().wait()
 
 
-def _cpu(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return times.user + times.system
-
-
 def one_side(side: str, body: bytes, part: bytes, logs: Path) -> dict[str, float]:
     port = free_port()
     server = Managed(
@@ -63,12 +57,12 @@ def one_side(side: str, body: bytes, part: bytes, logs: Path) -> dict[str, float
     )
     try:
         wait_until(lambda: "ready" in server.tail, timeout=60, what=f"the {side} server")
-        return _measure(psutil.Process(server.pid), port, body, part)
+        return _measure(server, port, body, part)
     finally:
         server.stop()
 
 
-def _measure(process: psutil.Process, port: int, body: bytes, part: bytes) -> dict[str, float]:
+def _measure(server: Managed, port: int, body: bytes, part: bytes) -> dict[str, float]:
     s3: Any = boto3.client(
         "s3",
         endpoint_url=f"http://{LOOPBACK}:{port}",
@@ -79,7 +73,7 @@ def _measure(process: psutil.Process, port: int, body: bytes, part: bytes) -> di
     s3.create_bucket(Bucket=BUCKET)
     s3.put_object(Bucket=BUCKET, Key="input.parquet", Body=body)
     figures: dict[str, float] = {}
-    cpu, started = _cpu(process), time.perf_counter()
+    cpu, started = server.cpu_seconds(), time.perf_counter()
     footer = s3.get_object(Bucket=BUCKET, Key="input.parquet", Range=f"bytes=-{FOOTER}")
     assert footer["Body"].read() == body[-FOOTER:]
     figures["footer GET"] = time.perf_counter() - started
@@ -90,7 +84,7 @@ def _measure(process: psutil.Process, port: int, body: bytes, part: bytes) -> di
     received += sum(len(chunk) for chunk in stream.iter_chunks(1 << 20))
     assert received == len(body) - 4
     figures["stream GET, last byte"] = time.perf_counter() - started
-    figures["server CPU for the two GETs"] = _cpu(process) - cpu
+    figures["server CPU for the two GETs"] = server.cpu_seconds() - cpu
     upload = s3.create_multipart_upload(Bucket=BUCKET, Key="output.csv")["UploadId"]
     parts = [
         {
@@ -101,13 +95,13 @@ def _measure(process: psutil.Process, port: int, body: bytes, part: bytes) -> di
         }
         for number in range(1, PARTS + 1)
     ]
-    cpu, started = _cpu(process), time.perf_counter()
+    cpu, started = server.cpu_seconds(), time.perf_counter()
     s3.complete_multipart_upload(
         Bucket=BUCKET, Key="output.csv", UploadId=upload, MultipartUpload={"Parts": parts}
     )
     figures["multipart completion"] = time.perf_counter() - started
-    figures["server CPU for the completion"] = _cpu(process) - cpu
-    figures["server peak RSS"] = high_water_kib(process.pid) / 1024
+    figures["server CPU for the completion"] = server.cpu_seconds() - cpu
+    figures["server peak RSS"] = high_water_kib(server.pid) / 1024
     return figures
 
 
