@@ -567,8 +567,30 @@ def _csv_table(frame: pd.DataFrame) -> pa.Table:
 
 def encode_parquet(frame: pd.DataFrame, header: bool = True) -> bytes:
     sink = io.BytesIO()
-    pq.write_table(_table(frame), sink)
+    table = _table(frame)
+    pq.write_table(table, sink, **parquet_options(table.schema))
     return sink.getvalue()
+
+
+def parquet_options(schema: pa.Schema) -> dict[str, Any]:
+    """Dictionary encoding only for text columns. Predictions are numbers that rarely
+    repeat, and a dictionary of a batch's numbers never outgrows Arrow's limit, so Arrow
+    would hash every value and write it with an index: three times the CPU, a third more bytes
+    (bench/RESULTS.md, "Parquet outputs without dictionaries of numbers")."""
+    return {"use_dictionary": [field.name for field in schema if _has_text(field.type)]}
+
+
+_TEXT_TYPES = (
+    pa.types.is_string,
+    pa.types.is_large_string,
+    pa.types.is_binary,
+    pa.types.is_large_binary,
+    pa.types.is_dictionary,
+)
+
+
+def _has_text(kind: pa.DataType) -> bool:
+    return any(test(kind) for test in _TEXT_TYPES)
 
 
 def decode_parquet_rows(body: bytes, layout: Layout | None = None) -> Decoded:

@@ -33,6 +33,7 @@ from service.codecs import (
     _table,
     csv_error,
     encode_jsonlines,
+    parquet_options,
 )
 from service.errors import InputError, InvalidData, MalformedBody
 
@@ -300,8 +301,12 @@ class BatchWriter:
         table = _table(frame)
         if self._schema is None:
             self._schema = table.schema
-            factory = pq.ParquetWriter if self.output_format == "parquet" else pacsv.CSVWriter
-            self._writer = factory(self.path, table.schema)
+            if self.output_format == "parquet":
+                self._writer = pq.ParquetWriter(
+                    self.path, table.schema, **parquet_options(table.schema)
+                )
+            else:
+                self._writer = pacsv.CSVWriter(self.path, table.schema)
         elif table.schema != self._schema:
             table = table.cast(self._schema)
         self._writer.write_table(table)

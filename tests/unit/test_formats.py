@@ -221,6 +221,37 @@ def test_batch_writer_round_trips(bundle, sample_frame, tmp_path, output_format)
     np.testing.assert_allclose(back["activation"], out["activation"], atol=1e-12)
 
 
+def _dictionary_columns(parquet: pq.ParquetFile) -> set[str]:
+    groups = [parquet.metadata.row_group(index) for index in range(parquet.num_row_groups)]
+    return {
+        group.column(index).path_in_schema
+        for group in groups
+        for index in range(group.num_columns)
+        if group.column(index).has_dictionary_page
+    }
+
+
+def test_parquet_outputs_keep_dictionaries_for_text_columns_only(tmp_path):
+    rng = np.random.default_rng(7)
+    out = pd.DataFrame(
+        {
+            "id": np.arange(5_000),
+            "probability": rng.random(5_000),
+            "label": rng.choice(["cat", "dog", "owl"], 5_000),
+            "kind": pd.Categorical(rng.choice(["a", "b"], 5_000)),
+            "flag": rng.random(5_000) > 0.5,
+        }
+    )
+    path = tmp_path / "out.parquet"
+    with files.BatchWriter(str(path), "parquet") as writer:
+        writer.write(out.iloc[:2_500])
+        writer.write(out.iloc[2_500:])
+    answer = pq.ParquetFile(io.BytesIO(codecs.encode_parquet(out)))
+    for written in (pq.ParquetFile(path), answer):
+        assert _dictionary_columns(written) == {"label", "kind"}
+        pd.testing.assert_frame_equal(written.read().to_pandas(), out)
+
+
 _CELLS = st.one_of(
     st.integers(-(2**64), 2**64),
     st.floats(allow_nan=False, allow_infinity=False),
