@@ -23,6 +23,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+import pyarrow as pa
 from botocore.exceptions import (
     ClientError,
     ConnectionClosedError,
@@ -75,7 +76,7 @@ class S3Input(io.RawIOBase):
         self._body: Any = None
         self._body_pos = 0
         self._failures = 0
-        self._fetched: deque[tuple[int, int, Future[bytearray]]] = deque()
+        self._fetched: deque[tuple[int, int, Future[memoryview]]] = deque()
         self._pool: ThreadPoolExecutor | None = None
         self._forward = _ForwardStream(self)
 
@@ -130,10 +131,10 @@ class S3Input(io.RawIOBase):
             tail = body.read()
         total = response.get("ContentRange", "").rpartition("/")[2]
         self._size = int(total) if total.isdigit() else len(tail)
-        self._keep(self._size - len(tail), bytearray(tail))
+        self._keep(self._size - len(tail), memoryview(tail))
 
-    def _keep(self, start: int, data: bytearray) -> None:
-        done: Future[bytearray] = Future()
+    def _keep(self, start: int, data: memoryview) -> None:
+        done: Future[memoryview] = Future()
         done.set_result(data)
         self._fetched.append((start, start + len(data), done))
 
@@ -236,10 +237,10 @@ class S3Input(io.RawIOBase):
             raise IncompleteReadError(actual_bytes=self._pos, expected_bytes=self.size())
         log_event(logging.WARNING, "download_resumed", key=self.key, error=problem)
 
-    def _fetch(self, start: int, end: int, response: dict[str, Any] | None = None) -> bytearray:
+    def _fetch(self, start: int, end: int, response: dict[str, Any] | None = None) -> memoryview:
         """Bytes [start, end) into one buffer, from `response` if given, else with one
         ranged GET; a break resumes with a ranged GET from where it broke."""
-        data = bytearray(end - start)
+        data = _buffer(end - start)
         done, failures = start, 0
         while True:
             response = response or self.get(done, end)
@@ -271,6 +272,13 @@ class S3Input(io.RawIOBase):
         return _call(self.s3.get_object, **self._request, Range=f"bytes={offset}-{last}")
 
 
+def _buffer(size: int) -> memoryview:
+    """`size` writable bytes from Arrow's memory pool, which hands out again the memory of
+    the row groups already read: a new bytearray costs zeroing and a page fault every 4 KiB
+    (for a 955 MB input, 1.2 s of CPU against 0.11 s: bench/RESULTS.md)."""
+    return memoryview(pa.allocate_buffer(size)).cast("B")
+
+
 def _call(method: Any, **request: Any) -> dict[str, Any]:
     """An S3 call whose client error becomes the input error it means."""
     try:
@@ -289,8 +297,8 @@ class _ForwardStream:
         self.body: Any = None
         self.pos = 0
 
-    def span(self, start: int, end: int) -> bytearray:
-        data = bytearray(end - start)
+    def span(self, start: int, end: int) -> memoryview:
+        data = _buffer(end - start)
         at, failures = start, 0
         while at < end:
             try:
