@@ -375,13 +375,19 @@ def test_faults_were_injected(chaos: ChaosRun) -> None:
     assert len(killed) == WORKER_KILLS, [t.get("stoppedReason") for t in chaos.worker_tasks]
     retried = [line for line in chaos.log if "retry 1 of 2" in line]
     assert retried, "the killed invocation was not retried"
+    # The kill is decided from the log, so the killed attempt may have logged its summary
+    # just before it: what must hold is that the last attempt ran to its end.
+    request_id = chaos.lambda_kill.request_id
+    starts = [i for i, line in enumerate(chaos.log) if f"START RequestId: {request_id}" in line]
+    assert len(starts) >= 2, "the killed invocation was not run again"
+    last_attempt = chaos.log[starts[-1] :]
     summaries = [
         entry
-        for entry in json_lines(chaos.log, "lambda:")
-        if entry.get("request_id") == chaos.lambda_kill.request_id
-        and entry.get("message") == "summary"
+        for entry in json_lines(last_attempt, "lambda:")
+        if entry.get("request_id") == request_id and entry.get("message") == "summary"
     ]
     assert len(summaries) == 1, "the killed invocation's retry did not finish"
+    assert any(f"END RequestId: {request_id}" in line for line in last_attempt)
 
 
 def test_dropped_events_reached_the_failure_queue_and_were_redriven(chaos: ChaosRun) -> None:
