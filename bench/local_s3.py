@@ -5,10 +5,12 @@ port (this module's `serve`): `mended` as `localcloud` runs it, `moto` with the 
 for big objects undone (`localcloud.s3_ranges`, `localcloud.s3_multipart`). A client puts
 an object of `--mib` MiB (by default the 10M-row bench file's size) and times, as the
 batch worker does them: the 64 KiB footer's ranged GET, a ranged GET from byte 4 to the end
-(the row-group stream: its first byte and its last), and the completion of a multipart
-upload of ten 16 MiB parts (the 10M-row file's output). Recorded per side: those times, the
-server's CPU for the two GETs and for the completion, and the server's peak RSS over the
-round (the object's upload included); per round, mended / moto of each.
+(the row-group stream: its first byte and its last), a GET of the whole object (as the
+worker reads a parquet file of up to 128 MiB: try `--mib 91`, the 1M-row file's size), and
+the completion of a multipart upload of ten 16 MiB parts (the 10M-row file's output).
+Recorded per side: those times, the server's CPU for the two ranged GETs, for the whole GET
+and for the completion, and the server's peak RSS over the round (the object's upload
+included); per round, mended / moto of each.
 """
 
 from __future__ import annotations
@@ -85,6 +87,14 @@ def _measure(server: Managed, port: int, body: bytes, part: bytes) -> dict[str, 
     assert received == len(body) - 4
     figures["stream GET, last byte"] = time.perf_counter() - started
     figures["server CPU for the two GETs"] = server.cpu_seconds() - cpu
+    cpu, started = server.cpu_seconds(), time.perf_counter()
+    whole = s3.get_object(Bucket=BUCKET, Key="input.parquet")["Body"]
+    received = len(next(whole.iter_chunks(1 << 20)))
+    figures["whole GET, first byte"] = time.perf_counter() - started
+    received += sum(len(chunk) for chunk in whole.iter_chunks(1 << 20))
+    assert received == len(body)
+    figures["whole GET, last byte"] = time.perf_counter() - started
+    figures["server CPU for the whole GET"] = server.cpu_seconds() - cpu
     upload = s3.create_multipart_upload(Bucket=BUCKET, Key="output.csv")["UploadId"]
     parts = [
         {

@@ -1,12 +1,13 @@
-"""Ranged GETs that read only their range, as they are sent.
+"""GETs that read only the bytes they send, as they are sent.
 
-moto answers a GET with a Range by reading the whole object from its buffer into memory and
-slicing the range out of it: the 64 KiB footer of a 955 MB parquet object cost a read of
-955 MB, and the stream of its row groups another, plus a copy of the range, before its first
-byte went out. While the local cloud runs, the body of a ranged GET is a window on the
-object's buffer instead, read in blocks under the object's lock while it is sent. An object
-overwritten or deleted meanwhile is still sent whole, as S3 does: moto closes the old
-object's buffer then, so that waits until its last window has been read.
+moto answers a GET by reading the whole object from its buffer into memory, and one with a
+Range by slicing the range out of that copy: the 64 KiB footer of a 955 MB parquet object
+cost a read of 955 MB, the stream of its row groups another, plus a copy of the range, and
+a whole 95 MB object was read into the server's memory before its first byte went out. While
+the local cloud runs, the body of a GET is a window on the object's buffer instead, read in
+blocks under the object's lock while it is sent. An object overwritten or deleted meanwhile
+is still sent whole, as S3 does: moto closes the old object's buffer then, so that waits
+until its last window has been read.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ BLOCK_BYTES = 8 * 1024 * 1024
 _original_value = FakeKey.value
 _original_get_object = S3Response.get_object
 _original_dispose = FakeKey.dispose
-_ranged = contextvars.ContextVar("ranged_get", default=False)
+_windowed = contextvars.ContextVar("windowed_get", default=False)
 
 
 class ObjectWindow:
@@ -70,19 +71,17 @@ class ObjectWindow:
 
 
 def _value(key: Any) -> bytes | ObjectWindow:
-    if _ranged.get():
+    if _windowed.get():
         return ObjectWindow(key, 0, key.size)
     return _original_value.fget(key)
 
 
 def _get_object(response: S3Response) -> Any:
-    if not response.headers.get("range"):
-        return _original_get_object(response)
-    token = _ranged.set(True)
+    token = _windowed.set(True)
     try:
         return _original_get_object(response)
     finally:
-        _ranged.reset(token)
+        _windowed.reset(token)
 
 
 def _dispose(key: Any, garbage: bool = False) -> None:
@@ -96,7 +95,7 @@ def _dispose(key: Any, garbage: bool = False) -> None:
 
 
 def patch() -> None:
-    """Answer every ranged GET with a window on the object instead of a copy of it."""
+    """Answer every GET with a window on the object instead of a copy of it."""
     FakeKey.value = property(_value, _original_value.fset)
     S3Response.get_object = _get_object
     FakeKey.dispose = _dispose

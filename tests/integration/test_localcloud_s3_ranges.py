@@ -1,6 +1,6 @@
-"""Ranged GETs in the local cloud read only their range, and answer as moto's own copy did:
-the same status, bytes and headers for every form of Range, and the old bytes whole when
-the object is overwritten while they are sent."""
+"""GETs in the local cloud read only the bytes they send, and answer as moto's own copy
+did: the same status, bytes and headers without a Range and for every form of it, and the
+old bytes whole when the object is overwritten while they are sent."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
 import pytest
+from moto.s3.models import s3_backends
 
 from localcloud import s3_ranges
 from localcloud.server import MotoServer
@@ -19,9 +20,10 @@ SMALL = b"0123456789" * 100
 HEADERS = ("content-range", "content-length", "etag", "accept-ranges", "content-type")
 
 
-def range_forms(size: int) -> list[str]:
+def range_forms(size: int) -> list[str | None]:
     block = s3_ranges.BLOCK_BYTES
     return [
+        None,
         "bytes=0-0",
         "bytes=0-99",
         "bytes=100-",
@@ -49,10 +51,11 @@ class Objects:
             moto.settings.host, moto.settings.port, timeout=60
         )
 
-    def request(self, key: str, byte_range: str) -> http.client.HTTPResponse:
+    def request(self, key: str, byte_range: str | None) -> http.client.HTTPResponse:
         url = self.s3.generate_presigned_url("get_object", {"Bucket": BUCKET, "Key": key})
         parts = urlsplit(url)
-        self.connection.request("GET", f"{parts.path}?{parts.query}", headers={"Range": byte_range})
+        headers = {} if byte_range is None else {"Range": byte_range}
+        self.connection.request("GET", f"{parts.path}?{parts.query}", headers=headers)
         return self.connection.getresponse()
 
 
@@ -69,7 +72,7 @@ def objects(moto: MotoServer, aws) -> Iterator[Objects]:
         objects.connection.close()
 
 
-def get(objects: Objects, key: str, byte_range: str) -> tuple:
+def get(objects: Objects, key: str, byte_range: str | None) -> tuple:
     response = objects.request(key, byte_range)
     body = response.read()
     headers = {name: response.getheader(name) for name in HEADERS}
@@ -90,10 +93,30 @@ def test_every_range_is_answered_as_moto_answers_it(objects, key: str, size: int
     assert {status for status, _, _ in windowed} >= {200, 206, 416}
 
 
-def test_an_object_overwritten_while_its_range_is_sent_is_sent_whole(objects, aws) -> None:
-    response = objects.request("big.parquet", "bytes=4-")
+@pytest.mark.parametrize("byte_range,status,start", [("bytes=4-", 206, 4), (None, 200, 0)])
+def test_an_object_overwritten_while_it_is_sent_is_sent_whole(
+    objects, aws, byte_range: str | None, status: int, start: int
+) -> None:
+    response = objects.request("big.parquet", byte_range)
     head = response.read(1024 * 1024)
     aws("s3").put_object(Bucket=BUCKET, Key="big.parquet", Body=b"new")
-    assert response.status == 206
-    assert head + response.read() == BIG[4:]
-    assert get(objects, "big.parquet", "bytes=0-")[2] == b"new"
+    assert response.status == status
+    assert head + response.read() == BIG[start:]
+    assert get(objects, "big.parquet", None)[2] == b"new"
+
+
+@pytest.mark.parametrize("byte_range", [None, "bytes=4-", "bytes=-100"])
+def test_a_get_reads_the_object_a_block_at_a_time(objects, moto, byte_range) -> None:
+    key = s3_backends[moto.settings.account_id]["aws"].buckets[BUCKET].keys["big.parquet"]
+    buffer, reads = key._value_buffer, []
+
+    def read(size: int = -1) -> bytes:
+        data = type(buffer).read(buffer, size)
+        reads.append(len(data))
+        return data
+
+    buffer.read = read
+    status, _, body = get(objects, "big.parquet", byte_range)
+    assert status in (200, 206)
+    assert max(reads) <= s3_ranges.BLOCK_BYTES
+    assert sum(reads) == len(body)
