@@ -1,19 +1,24 @@
 """Batch benchmark part `stream`: one worker process from the input in S3 to the output.
 
 The 1M-row file (one row group) and the 10M-row file (row groups of datagen.CHUNK_ROWS) are
-put in the local S3 once; per round, alternating the order of the files and of the trees,
-each tree's worker (`python -m service worker` from this checkout, and from every
-`--compare LABEL=DIR` tree, with that tree's code) transforms each file in a fresh process,
+put in the local S3 once, each under two keys; per round, alternating the order of the files
+and of the trees, each tree's worker (`python -m service worker` from this checkout, and
+from every `--compare LABEL=DIR` tree, with that tree's code) transforms each file twice in
+a fresh process (the two keys: a new task's first file, then a file it takes once warm),
 and the in-process limit (this tree's `transform_file`, local disk in and out) runs on the
-same file. Recorded per file and tree: the worker's own time for the file (its `file` log
-line: from taking the message, input in S3, to the output and report written), rows/s and
-its ratio to the same round's limit, and the process's peak RSS (VmHWM). Also the CPU
-seconds of the limit, of the worker and of the local cloud (its S3 serving the file)
-during the worker's run, and the worker's time over the bound they set on this machine's
-cores (`bench.batch.stream_bound`): the local S3 shares the cores with the worker here,
-which it does not on AWS. The limit and each worker start once the kernel has handed freed
-memory back to the host (bench.host_memory); the MB handed back during a worker's run
-and its system CPU are recorded.
+same file in this process (warm: it has run on every file before) and twice in a fresh
+process (`limit`, below). A fresh process's first large transform is slower than its second
+(the first one's memory comes from the kernel, and the host: bench.host_memory), so the
+worker's first file is compared with the fresh limit's first run, and its second with the
+second run, as well as each with the warm limit. Recorded per file and tree: the worker's
+own time for each file (its `file` log line: from taking the message, input in S3, to the
+output and report written), rows/s and the ratios, and the process's peak RSS (VmHWM). Also
+the CPU seconds of the limit, of the worker (its whole life: two files) and of the local
+cloud during the worker's run (half of it: per file), and the worker's first file over the
+bound they set on this machine's cores (`bench.batch.stream_bound`): the local S3
+shares the cores with the worker here, which it does not on AWS. The limit and each worker
+start once the kernel has handed freed memory back to the host (bench.host_memory); the MB
+handed back during a worker's run and its system CPU are recorded.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +48,7 @@ from bench.run import parse_compare
 from bench.stats import DATA_DIR, Recorder
 
 FILES = ("1m", "10m")
+AGAIN = "-again"  # the second key of each file
 
 
 def stream(
@@ -60,7 +67,10 @@ def stream(
     bucket = "bench-stream-input"
     s3.create_bucket(Bucket=bucket)
     queue = sqs.create_queue(QueueName="bench-stream")["QueueUrl"]
-    messages = {name: _put(s3, bucket, f"stream/{name}.parquet", files[name]) for name in FILES}
+    messages = {
+        name: [_put(s3, bucket, f"stream/{name}{k}.parquet", files[name]) for k in ("", AGAIN)]
+        for name in FILES
+    }
     environment = cloud.environment() | cloud.worker_environment()
     environment.update(JOB_QUEUE_URL=queue, IDLE_SECONDS="1", WAIT_SECONDS="1")
     recorder.notes["stream_trees"] = {label: str(tree) for label, tree in trees.items()}
@@ -80,28 +90,42 @@ def stream(
             limit = rows / limit_seconds
             recorder.add(f"{name.upper()} rows: limit (in-process, local disk)", "rows/s", limit)
             recorder.add(f"{name.upper()} rows: limit CPU", "s", limit_cpu)
+            fresh = _fresh_limit(cloud, files[name], work)
+            for run, (seconds, _) in zip(("first", "second"), fresh, strict=True):
+                recorder.add(
+                    f"{name.upper()} rows: limit, {run} run in a fresh process",
+                    "rows/s",
+                    rows / seconds,
+                )
             for label in labels:
-                sqs.send_message(QueueUrl=queue, MessageBody=json.dumps(messages[name]))
+                for message in messages[name]:
+                    sqs.send_message(QueueUrl=queue, MessageBody=json.dumps(message))
                 env = dict(environment, OUTPUT_PREFIX=f"bench-stream/{label}/r{number}")
                 env["PYTHONPATH"] = str(trees[label])
                 log = work / f"stream-{label}-{number}-{name}.log"
                 settle()
                 cloud_cpu, reported = cloud_process.cpu_seconds(), reported_mib()
                 result = run_worker_once(env, log, cwd=trees[label])
-                result["cloud_cpu_seconds"] = cloud_process.cpu_seconds() - cloud_cpu
+                # per file: the worker transforms it twice (its two keys)
+                result["cloud_cpu_seconds"] = (cloud_process.cpu_seconds() - cloud_cpu) / 2
                 after = reported_mib()
                 if reported is not None and after is not None:
                     result["handed_back_mib"] = after - reported
-                line = _file_line(log)
+                line, again = _file_lines(log)
                 speed = rows / float(line["seconds"])
                 bound = stream_bound(limit_seconds, limit_cpu, result["cloud_cpu_seconds"])
                 result["bound_ratio"] = bound / float(line["seconds"])
                 _record(recorder, f"{name.upper()} rows: {label}", speed, limit, result, line)
+                _record_same_state(
+                    recorder, f"{name.upper()} rows: {label}", rows, (line, again), fresh, limit
+                )
                 peaks[label][name] = result["peak_mib"]
                 print(
                     f"stream round {number + 1}/{rounds} {name} {label}: "
                     f"{speed:,.0f} rows/s = {speed / limit:.2f}x limit {limit:,.0f}, "
-                    f"peak {result['peak_mib']:.0f} MiB",
+                    f"peak {result['peak_mib']:.0f} MiB; same state: first file "
+                    f"{speed * fresh[0][0] / rows:.2f}x the fresh limit's first run, second "
+                    f"{rows / float(again['seconds']) * fresh[1][0] / rows:.2f}x its second",
                     flush=True,
                 )
         for label, peak in peaks.items():
@@ -119,15 +143,65 @@ def _put(s3: Any, bucket: str, key: str, path: Path) -> dict[str, Any]:
     }
 
 
-def _file_line(log: Path) -> dict[str, Any]:
+def _file_lines(log: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The worker's `file` lines for its first and its second file, in the order it took them."""
+    lines = []
     for text in log.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             entry = json.loads(text)
         except ValueError:
             continue
         if isinstance(entry, dict) and entry.get("event") == "file":
-            return entry
-    raise RuntimeError(f"no file line in {log}")
+            lines.append(entry)
+    if len(lines) != 2:
+        raise RuntimeError(f"{len(lines)} file lines in {log}, not 2")
+    return lines[0], lines[1]
+
+
+def _fresh_limit(cloud: Cloud, source: Path, work: Path) -> list[tuple[float, float]]:
+    """Seconds and CPU seconds of the limit's first and second run in a new process (the
+    served bundle loaded first, not timed), each once memory has been handed back."""
+    env = cloud.environment() | {"PYTHONPATH": str(REPO_ROOT)}
+    command = [sys.executable, "-m", "bench.batch_stream", "limit", cloud.outputs["ModelUri"]]
+    command += [str(source), str(work / "stream-fresh-limit.parquet")]
+    done = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"the fresh limit failed:\n{done.stderr[-3000:]}")
+    return [tuple(run) for run in json.loads(done.stdout.splitlines()[-1])]
+
+
+def fresh_limit_runs(model_uri: str, source: str, target: str) -> None:
+    """`python -m bench.batch_stream limit MODEL_URI SOURCE TARGET`: two timed runs, as JSON."""
+    from service.artifacts import load_bundle
+
+    bundle, runs = load_bundle(model_uri), []
+    for _ in range(2):
+        settle()
+        started, cpu = time.monotonic(), time.process_time()
+        transform_locally(Path(source), Path(target), bundle)
+        runs.append((time.monotonic() - started, time.process_time() - cpu))
+    print(json.dumps(runs))
+
+
+def _record_same_state(
+    recorder: Recorder,
+    prefix: str,
+    rows: int,
+    lines: tuple[dict[str, Any], dict[str, Any]],
+    fresh: list[tuple[float, float]],
+    limit: float,
+) -> None:
+    """The worker's first file against the fresh limit's first run, its second against the
+    second: each side in the same state (a new process's first large transform, or not)."""
+    for run, line, (seconds, _) in zip(("first", "second"), lines, fresh, strict=True):
+        speed = rows / float(line["seconds"])
+        recorder.add(f"{prefix} worker, {run} file in its process", "rows/s", speed)
+        recorder.add(
+            f"{prefix} worker's {run} file / limit's {run} run in a fresh process",
+            "x",
+            speed * seconds / rows,
+        )
+        recorder.add(f"{prefix} worker's {run} file / limit (warm)", "x", speed / limit)
 
 
 def _record(
@@ -191,4 +265,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if sys.argv[1:2] == ["limit"]:
+        fresh_limit_runs(*sys.argv[2:5])
+    else:
+        sys.exit(main())
