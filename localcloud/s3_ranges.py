@@ -96,12 +96,12 @@ def _dispose(key: Any, garbage: bool = False) -> None:
 
 def patch() -> None:
     """Answer every GET with a window on the object instead of a copy of it."""
-    FakeKey.value = property(_value, _original_value.fset)
+    FakeKey.value = property(_value, FakeKey.value.fset)  # the setter may be mended too
     S3Response.get_object = _get_object
     FakeKey.dispose = _dispose
 
 
 def unpatch() -> None:
-    FakeKey.value = _original_value
+    FakeKey.value = property(_original_value.fget, FakeKey.value.fset)
     S3Response.get_object = _original_get_object
     FakeKey.dispose = _original_dispose

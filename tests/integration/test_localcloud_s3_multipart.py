@@ -1,6 +1,6 @@
 """A multipart upload completed in the local cloud ends as moto's own completion ends it:
-the same object, ETag and checksum for each checksum setting, the same error for each bad
-part list."""
+the same object, ETag and checksum for each checksum setting and size, the same error for
+each bad part list; its parts are copied a block at a time."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from botocore.exceptions import ClientError
+from moto.s3.models import s3_backends
 
 from localcloud import s3_multipart
 from localcloud.server import MotoServer
@@ -65,6 +66,13 @@ def every_case(s3: Any, side: str) -> dict[str, Any]:
         s3, f"{side}/small", {}, lambda parts: parts, bodies=BODIES[::-1]
     )
     outcomes["no parts"] = complete(s3, f"{side}/none", {}, lambda parts: [])
+    for name, create in CHECKSUMS.items():  # objects small enough to stay in memory
+        outcomes[f"one short part, {name}"] = complete(
+            s3, f"{side}/short-{name}", create, lambda parts: parts, bodies=(BODIES[-1],)
+        )
+    outcomes["one empty part"] = complete(
+        s3, f"{side}/empty", {}, lambda parts: parts, bodies=(b"",)
+    )
     return outcomes
 
 
@@ -82,3 +90,35 @@ def test_every_completion_ends_as_motos_own(moto: MotoServer, aws) -> None:
     assert ours["wrong etag"] == "InvalidPart"
     assert ours["small part first"] == "EntityTooSmall"
     assert ours["no parts"] == "MalformedXML"
+
+
+def test_parts_are_copied_a_block_at_a_time(moto: MotoServer, aws) -> None:
+    s3 = aws("s3")
+    s3.create_bucket(Bucket=BUCKET)
+    upload = s3.create_multipart_upload(Bucket=BUCKET, Key="blocks")["UploadId"]
+    parts = [
+        {
+            "PartNumber": number,
+            "ETag": s3.upload_part(
+                Bucket=BUCKET, Key="blocks", UploadId=upload, PartNumber=number, Body=body
+            )["ETag"],
+        }
+        for number, body in enumerate(BODIES, start=1)
+    ]
+    bucket = s3_backends[moto.settings.account_id]["aws"].buckets[BUCKET]
+    reads: list[int] = []
+    for part in bucket.multiparts[upload].parts.values():
+        buffer = part._value_buffer
+
+        def read(size: int = -1, buffer: Any = buffer) -> bytes:
+            data = type(buffer).read(buffer, size)
+            reads.append(len(data))
+            return data
+
+        buffer.read = read
+    s3.complete_multipart_upload(
+        Bucket=BUCKET, Key="blocks", UploadId=upload, MultipartUpload={"Parts": parts}
+    )
+    assert sum(reads) == sum(map(len, BODIES))
+    assert max(reads) <= s3_multipart.BLOCK_BYTES
+    assert s3.get_object(Bucket=BUCKET, Key="blocks")["Body"].read() == b"".join(BODIES)
