@@ -114,7 +114,7 @@ def stream(
                 bound = stream_bound(limit_seconds, limit_cpu, result["cloud_cpu_seconds"])
                 result["bound_ratio"] = bound / float(line["seconds"])
                 _record(recorder, f"{name.upper()} rows: {label}", speed, limit, result, line)
-                _record_same_state(
+                first, second = _record_same_state(
                     recorder, f"{name.upper()} rows: {label}", rows, (line, again), fresh, limit
                 )
                 peaks[label][name] = result["peak_mib"]
@@ -122,8 +122,7 @@ def stream(
                     f"stream round {number + 1}/{rounds} {name} {label}: "
                     f"{speed:,.0f} rows/s = {speed / limit:.2f}x limit {limit:,.0f}, "
                     f"peak {result['peak_mib']:.0f} MiB; same state: first file "
-                    f"{speed * fresh[0][0] / rows:.2f}x the fresh limit's first run, second "
-                    f"{rows / float(again['seconds']) * fresh[1][0] / rows:.2f}x its second",
+                    f"{first:.2f}x the fresh limit's first run, second {second:.2f}x its second",
                     flush=True,
                 )
         for label, peak in peaks.items():
@@ -191,18 +190,20 @@ def _record_same_state(
     lines: tuple[dict[str, Any], dict[str, Any]],
     fresh: list[tuple[float, float]],
     limit: float,
-) -> None:
+) -> list[float]:
     """The worker's first file against the fresh limit's first run, its second against the
-    second: each side in the same state (a new process's first large transform, or not)."""
+    second: each side in the same state (a new process's first large transform, or not).
+    The two ratios, first and second."""
+    ratios = []
     for run, line, (seconds, _) in zip(("first", "second"), lines, fresh, strict=True):
         speed = rows / float(line["seconds"])
+        ratios.append(speed * seconds / rows)
         recorder.add(f"{prefix} worker, {run} file in its process", "rows/s", speed)
         recorder.add(
-            f"{prefix} worker's {run} file / limit's {run} run in a fresh process",
-            "x",
-            speed * seconds / rows,
+            f"{prefix} worker's {run} file / limit's {run} run in a fresh process", "x", ratios[-1]
         )
         recorder.add(f"{prefix} worker's {run} file / limit (warm)", "x", speed / limit)
+    return ratios
 
 
 def _record(

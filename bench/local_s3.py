@@ -79,21 +79,10 @@ def _measure(server: Managed, port: int, body: bytes, part: bytes) -> dict[str, 
     footer = s3.get_object(Bucket=BUCKET, Key="input.parquet", Range=f"bytes=-{FOOTER}")
     assert footer["Body"].read() == body[-FOOTER:]
     figures["footer GET"] = time.perf_counter() - started
-    started = time.perf_counter()
-    stream = s3.get_object(Bucket=BUCKET, Key="input.parquet", Range="bytes=4-")["Body"]
-    received = len(next(stream.iter_chunks(1 << 20)))
-    figures["stream GET, first byte"] = time.perf_counter() - started
-    received += sum(len(chunk) for chunk in stream.iter_chunks(1 << 20))
-    assert received == len(body) - 4
-    figures["stream GET, last byte"] = time.perf_counter() - started
+    figures |= _streamed_get(s3, "stream GET", len(body) - 4, Range="bytes=4-")
     figures["server CPU for the two GETs"] = server.cpu_seconds() - cpu
-    cpu, started = server.cpu_seconds(), time.perf_counter()
-    whole = s3.get_object(Bucket=BUCKET, Key="input.parquet")["Body"]
-    received = len(next(whole.iter_chunks(1 << 20)))
-    figures["whole GET, first byte"] = time.perf_counter() - started
-    received += sum(len(chunk) for chunk in whole.iter_chunks(1 << 20))
-    assert received == len(body)
-    figures["whole GET, last byte"] = time.perf_counter() - started
+    cpu = server.cpu_seconds()
+    figures |= _streamed_get(s3, "whole GET", len(body))
     figures["server CPU for the whole GET"] = server.cpu_seconds() - cpu
     upload = s3.create_multipart_upload(Bucket=BUCKET, Key="output.csv")["UploadId"]
     parts = [
@@ -113,6 +102,19 @@ def _measure(server: Managed, port: int, body: bytes, part: bytes) -> dict[str, 
     figures["server CPU for the completion"] = server.cpu_seconds() - cpu
     figures["server peak RSS"] = high_water_kib(server.pid) / 1024
     return figures
+
+
+def _streamed_get(s3: Any, name: str, size: int, **request: str) -> dict[str, float]:
+    """Seconds to the first and to the last byte of a GET of the object, read in 1 MiB chunks."""
+    started = time.perf_counter()
+    chunks = s3.get_object(Bucket=BUCKET, Key="input.parquet", **request)["Body"].iter_chunks(
+        1 << 20
+    )
+    received = len(next(chunks))
+    first = time.perf_counter() - started
+    received += sum(len(chunk) for chunk in chunks)
+    assert received == size
+    return {f"{name}, first byte": first, f"{name}, last byte": time.perf_counter() - started}
 
 
 def main(argv: list[str] | None = None) -> int:
