@@ -5,6 +5,7 @@ import logging
 import sys
 from pathlib import Path
 
+from service.blas import pin_kernels
 from service.errors import SettingsError
 from service.settings import (
     ServeSettings,
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         "--readme", type=Path, help="settings: rewrite the table in this Markdown file instead"
     )
     args = parser.parse_args(argv)
+    pin_kernels()  # before anything loads numpy
     if args.command == "settings":
         return _settings(args.readme)
     try:

@@ -29,7 +29,8 @@ from service.frames import column_index, frame_of
 
 DEFAULT_LABEL_COLUMN = "label"
 # Whole blocks for every BLAS kernel measured (OpenBLAS' Haswell, Sandybridge, Nehalem and
-# Katmai kernels: 8 rows suffice), with room for AVX-512 kernels' 16-row blocks.
+# Katmai kernels: 8 rows suffice), with room to spare. Its AVX-512 kernels take another path
+# for a big call whatever the block, so a CPU with AVX-512 runs the AVX2 ones (service.blas).
 DEFAULT_ROW_BLOCK = 16
 MAX_ROW_BLOCK = 1024
 

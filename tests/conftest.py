@@ -1,6 +1,11 @@
 """Fixtures every suite shares (the example model bundle and sample rows), and the rule
 that a test skipped on CI is a failure there."""
 
+# ruff: noqa: E402 - the imports below load numpy, after the kernels are chosen
+from service.blas import pin_kernels
+
+pin_kernels()  # the kernels the service runs (service.blas)
+
 import importlib.util
 import os
 import sys

@@ -2,6 +2,7 @@
 request of any size, in a shared (batched) call or in a batch file, it is the same bit
 for bit, for the four-artifact bundle and every pipeline kind."""
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from service.files import FileFormat
 from service.model import predict
 from service.tasks import Task, answer, task_of
 from service.transform import transform_file
+from tests.conftest import load_script
 from tests.model_kinds import KINDS, assert_bit_equal, kind_rows, write_kind_bundle
 
 ROWS = 45
@@ -60,6 +62,46 @@ def test_a_batch_file_answers_each_row_as_the_endpoint_does_alone(cases, name, t
     written = transform_file(str(source), FileFormat("parquet"), str(target), bundle, "parquet", 10)
     assert written == ROWS
     assert_bit_equal(pd.read_parquet(target), answers_alone(bundle, rows), "batch file")
+
+
+WIDE_ROWS = 1200
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory):
+    """A four-artifact bundle over 100 features with a 3-class linear model (SGD): OpenBLAS'
+    AVX-512 kernels compute its matrix product another way in a call of 1,200 rows than
+    for 16, and 1,140 of the rows got other bits in one call than alone (service.blas)."""
+    from sklearn.linear_model import SGDClassifier
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(5)
+    columns = [f"f{i}" for i in range(100)]
+    frame = pd.DataFrame(rng.normal(size=(WIDE_ROWS, 100)), columns=columns)
+    classes = (frame["f0"] + frame["f1"] > 0).astype(int) + (frame["f2"] > 0.5)
+    scaler = StandardScaler().fit(frame.to_numpy())
+    model = SGDClassifier(loss="log_loss", random_state=0)
+    model.fit(scaler.transform(frame.to_numpy()), classes)
+    root = tmp_path_factory.mktemp("wide")
+    files = {"model": model, "scaler": scaler, "mean": frame.mean(), "columns": columns}
+    for name, value in files.items():
+        (root / f"{name}.pkl").write_bytes(pickle.dumps(value))
+    arguments = [a for name in files for a in (f"--{name}", str(root / f"{name}.pkl"))]
+    out = root / "bundle"
+    load_script("package_model").main(
+        [*arguments, "--name", "w", "--version", "1", "--out", str(out)]
+    )
+    return load_bundle(str(out)), frame.assign(id=range(WIDE_ROWS))
+
+
+def test_a_wide_model_answers_each_row_alike_alone_in_a_big_call_and_in_a_file(wide, tmp_path):
+    bundle, rows = wide
+    alone = answers_alone(bundle, rows)
+    assert_bit_equal(predict(bundle, rows), alone, f"one call of {WIDE_ROWS} rows")
+    source, target = tmp_path / "rows.parquet", tmp_path / "out.parquet"
+    rows.to_parquet(source, index=False)
+    transform_file(str(source), FileFormat("parquet"), str(target), bundle, "parquet", WIDE_ROWS)
+    assert_bit_equal(pd.read_parquet(target), alone, "batch file")
 
 
 @pytest.mark.parametrize("value", [0, -1, 2048, "16", 1.5, True, None])
