@@ -22,7 +22,7 @@ from typing import IO, Any
 from service import batch
 
 MB = 1024 * 1024
-PART_BYTES = 16 * MB
+PART_BYTES = 8 * MB
 PART_GROWTH = 1000  # parts double in size every this many, so 10,000 parts never run out
 PARTS_IN_FLIGHT = 2  # parts uploading while the writer fills the next one
 PUT_LIMIT = 5 * 1024 * MB  # S3's largest single PutObject, and its largest part
@@ -81,9 +81,14 @@ class S3Output:
         self._buffer += view
         self._written += len(view)
         if len(self._buffer) >= self._part_bytes():
-            self._ship(bytes(self._buffer))
-            self._buffer.clear()
+            self._ship(self._taken())
         return len(view)
+
+    def _taken(self) -> bytearray:
+        """The bytes written so far, handed over whole (not copied): a new buffer takes
+        the next ones."""
+        taken, self._buffer = self._buffer, bytearray()
+        return taken
 
     def _part_bytes(self) -> int:
         return min(PART_BYTES << (len(self._parts) // PART_GROWTH), PUT_LIMIT)
@@ -98,9 +103,9 @@ class S3Output:
                 self._spool.seek(0)
                 self._put(self._spool, metadata_rows)
             elif self._upload_id is None:
-                self._put(bytes(self._buffer), metadata_rows)
+                self._put(self._taken(), metadata_rows)
             else:
-                self._ship(bytes(self._buffer))
+                self._ship(self._taken())
                 self._complete()
         except BaseException:
             self.abort()
@@ -121,7 +126,7 @@ class S3Output:
             self._upload_id = None
         self._release()
 
-    def _ship(self, chunk: bytes) -> None:
+    def _ship(self, chunk: bytearray) -> None:
         if self._replacing or self._spool is not None:
             if self._spool is None:
                 self._spool = tempfile.TemporaryFile(prefix="batch-output-")  # noqa: SIM115
@@ -140,7 +145,7 @@ class S3Output:
         self._parts.append(future)
         self._in_flight.append(future)
 
-    def _upload_part(self, number: int, chunk: bytes) -> dict[str, Any]:
+    def _upload_part(self, number: int, chunk: bytearray) -> dict[str, Any]:
         part = self.s3.upload_part(
             Bucket=self.bucket,
             Key=self.key,
