@@ -1,6 +1,9 @@
-"""read_ahead: overlap producing the next item with consuming this one, in a thread."""
+"""read_ahead: overlap producing the next item with consuming this one, in a thread; and
+gil_switch, the interpreter's switch interval for a block of such threads."""
 
+import contextlib
 import queue
+import sys
 import threading
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
@@ -57,3 +60,20 @@ def read_ahead(items: Iterable[T], depth: int = 2) -> Iterator[T]:
     finally:
         closed.set()
         thread.join()
+
+
+@contextlib.contextmanager
+def gil_switch(seconds: float) -> Iterator[None]:
+    """The interpreter's switch interval set to `seconds` for the block, then restored.
+
+    A thread that comes back from a socket call (an S3 input's next MiB, an output's part)
+    waits for the GIL until the thread running Python gives it up, after the switch
+    interval: 5 ms by default. Beside one busy Python thread, reading the 10M-row input's
+    955 MB that way took 7.9-8.1 s, and 1.0-1.3 s with 1 ms (bench/RESULTS.md).
+    """
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(seconds)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)

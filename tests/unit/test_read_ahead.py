@@ -1,12 +1,15 @@
-"""formats.read_ahead: the stage that overlaps reading the next row batches with the work
-on this one (the worker's transform_file chains two of them)."""
+"""service.threads: read_ahead, the stage that overlaps reading the next row batches with
+the work on this one (the worker's transform_file chains two of them), and gil_switch."""
 
+import sys
 import threading
 import time
 
 import pytest
 
-from service.threads import read_ahead
+from service import transform
+from service.files import FileFormat
+from service.threads import gil_switch, read_ahead
 from tests.support import wait_for
 
 
@@ -59,3 +62,32 @@ def test_closing_early_stops_the_thread_and_closes_the_source():
     assert closed.wait(5), "the source was not closed"
     wait_for(lambda: threading.active_count() <= before, 5, "the read-ahead thread to end", 0.01)
     assert threading.active_count() == before
+
+
+def test_gil_switch_sets_the_interval_for_the_block_and_restores_it():
+    before = sys.getswitchinterval()
+    with gil_switch(0.0007):
+        assert sys.getswitchinterval() == pytest.approx(0.0007)
+    assert sys.getswitchinterval() == before
+    with pytest.raises(RuntimeError), gil_switch(0.0007):
+        raise RuntimeError("the block failed")
+    assert sys.getswitchinterval() == before
+
+
+def test_a_file_is_transformed_with_the_short_switch_interval(
+    monkeypatch, bundle, train_example, tmp_path
+):
+    before, seen = sys.getswitchinterval(), []
+
+    def predict(*args):
+        seen.append(sys.getswitchinterval())
+        return real(*args)
+
+    real = transform.predict
+    monkeypatch.setattr(transform, "predict", predict)
+    source = tmp_path / "rows.parquet"
+    train_example.sample_rows(50).to_parquet(source, index=False)
+    target = str(tmp_path / "out.parquet")
+    transform.transform_file(str(source), FileFormat("parquet"), target, bundle, "parquet", 20)
+    assert seen == [pytest.approx(transform.GIL_SWITCH_SECONDS)] * 3
+    assert sys.getswitchinterval() == before
