@@ -14,7 +14,15 @@ from moto.moto_server.werkzeug_app import (
 )
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from localcloud import s3_etags, s3_events, s3_multipart, s3_ranges, stack_calls, stack_updates
+from localcloud import (
+    s3_etags,
+    s3_events,
+    s3_multipart,
+    s3_ranges,
+    s3_writes,
+    stack_calls,
+    stack_updates,
+)
 from localcloud.console import Console
 from localcloud.settings import LocalCloudSettings
 
@@ -22,7 +30,7 @@ from localcloud.settings import LocalCloudSettings
 ECS_TASK_MANUAL = {"progression": "manual", "times": 10**12}
 _LOGGERS = ("werkzeug", "moto")
 # What the local cloud changes in moto while it runs; stack_updates also needs the URL.
-MOTO_MENDS = (s3_etags, s3_events, s3_ranges, s3_multipart, stack_calls)
+MOTO_MENDS = (s3_etags, s3_events, s3_ranges, s3_multipart, s3_writes, stack_calls)
 
 
 class ServerStartError(RuntimeError):
