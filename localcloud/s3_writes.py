@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable
 from typing import Any
 
 from moto.s3.responses import S3Response
@@ -39,14 +38,10 @@ def _post(response: Any, request: Any, body: bytes, bucket: str, query: Any, key
         return _original_post(response, request, body, bucket, query, key)
 
 
-def _wrapped(original: Callable[..., Any], replacement: Callable[..., Any]) -> Any:
-    return functools.wraps(original)(replacement)
-
-
 def patch() -> None:
     """Serialize the writes to each key."""
-    S3Response.put_object = _wrapped(_original_put, _put)
-    S3Response._key_response_post = _wrapped(_original_post, _post)
+    S3Response.put_object = functools.wraps(_original_put)(_put)
+    S3Response._key_response_post = functools.wraps(_original_post)(_post)
 
 
 def unpatch() -> None:
